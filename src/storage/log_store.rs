@@ -1,0 +1,432 @@
+//! The Raft log and vote, in redb, with group commit.
+//!
+//! One writer thread owns every write to the log database. `append` only puts the entries in an
+//! in-memory tail cache (so they are readable at once, as openraft requires) and queues them;
+//! the writer drains everything queued, writes it in one transaction, fsyncs once, and only
+//! then tells openraft the entries are persisted. Under load openraft keeps appending while an
+//! fsync is in flight, so batches grow by themselves and fsyncs stop capping throughput.
+//!
+//! Vote, truncate and purge are rare: they go through the same queue (the writer keeps every
+//! write in order, as openraft requires) and their callers wait until they are durable.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::codec::{decode, encode, io_err};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+
+/// How many durable entries the tail cache keeps, so that replication to followers that are
+/// slightly behind is served from memory instead of redb.
+const CACHE_KEEP: u64 = 4096;
+
+/// Observes each group commit; the metrics layer plugs in here.
+pub trait CommitObserver: Send + Sync + 'static {
+    fn committed(&self, entries: usize, elapsed: std::time::Duration);
+}
+
+struct NoObserver;
+impl CommitObserver for NoObserver {
+    fn committed(&self, _: usize, _: std::time::Duration) {}
+}
+
+/// Entries appended but possibly not yet durable, plus a recent durable tail. Every entry is
+/// always in the cache, in redb, or both: the writer evicts only what it has made durable.
+#[derive(Default)]
+struct TailCache {
+    /// index -> (append sequence number, entry)
+    entries: BTreeMap<u64, (u64, Entry)>,
+    next_seq: u64,
+}
+
+struct Shared {
+    db: Database,
+    cache: Mutex<TailCache>,
+    vote: Mutex<Option<Vote>>,
+    last_purged: Mutex<Option<LogId>>,
+}
+
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, TailCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum WriteOp {
+    Append {
+        seq: u64,
+        entries: Vec<Entry>,
+        done: IOFlushed<TypeConfig>,
+    },
+    Vote(Vote, oneshot::Sender<io::Result<()>>),
+    Committed(Option<LogId>),
+    TruncateAfter(Option<u64>, oneshot::Sender<io::Result<()>>),
+    Purge(LogId, oneshot::Sender<io::Result<()>>),
+}
+
+/// The log store handed to openraft.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<WriteOp>,
+}
+
+/// A cheap reader of the log, used by openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_with_observer(path, Arc::new(NoObserver))
+    }
+
+    pub fn open_with_observer(path: &Path, observer: Arc<dyn CommitObserver>) -> io::Result<Self> {
+        let db = Database::create(path).map_err(io_err)?;
+        {
+            let txn = db.begin_write().map_err(io_err)?;
+            txn.open_table(LOG).map_err(io_err)?;
+            txn.open_table(META).map_err(io_err)?;
+            txn.commit().map_err(io_err)?;
+        }
+        let (vote, last_purged) = {
+            let txn = db.begin_read().map_err(io_err)?;
+            let meta = txn.open_table(META).map_err(io_err)?;
+            let vote = match meta.get(KEY_VOTE).map_err(io_err)? {
+                Some(v) => Some(decode::<Vote>(v.value())?),
+                None => None,
+            };
+            let purged = match meta.get(KEY_PURGED).map_err(io_err)? {
+                Some(v) => decode::<Option<LogId>>(v.value())?,
+                None => None,
+            };
+            (vote, purged)
+        };
+        let shared = Arc::new(Shared {
+            db,
+            cache: Mutex::new(TailCache::default()),
+            vote: Mutex::new(vote),
+            last_purged: Mutex::new(last_purged),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(writer_shared, rx, observer))?;
+        Ok(LogStore { shared, tx })
+    }
+
+    fn send(&self, op: WriteOp) -> io::Result<()> {
+        self.tx
+            .send(op)
+            .map_err(|_| io::Error::other("raft log writer has stopped"))
+    }
+
+    async fn send_and_wait(&self, op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriteOp) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(op(tx))?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log writer stopped before finishing a write"))?
+    }
+}
+
+/// The writer thread: drain, write one transaction, fsync once, acknowledge everything.
+fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<dyn CommitObserver>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            batch.push(op);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = write_batch(&shared.db, &batch);
+        let appended: usize = batch
+            .iter()
+            .map(|op| match op {
+                WriteOp::Append { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .sum();
+        if result.is_ok() && appended > 0 {
+            observer.committed(appended, started.elapsed());
+        }
+        let mut max_seq = None;
+        for op in batch {
+            let res = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            match op {
+                WriteOp::Append { seq, done, .. } => {
+                    max_seq = Some(seq);
+                    done.io_completed(res);
+                }
+                WriteOp::Vote(vote, done) => {
+                    if res.is_ok() {
+                        *shared.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+                    }
+                    let _ = done.send(res);
+                }
+                WriteOp::TruncateAfter(_, done) | WriteOp::Purge(_, done) => {
+                    let _ = done.send(res);
+                }
+                WriteOp::Committed(_) => {}
+            }
+        }
+        if let (Ok(()), Some(max_seq)) = (&result, max_seq) {
+            evict_durable(&mut shared.cache(), max_seq);
+        }
+    }
+}
+
+fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(io_err)?;
+        let mut meta = txn.open_table(META).map_err(io_err)?;
+        for op in batch {
+            match op {
+                WriteOp::Append { entries, .. } => {
+                    for entry in entries {
+                        log.insert(entry.log_id.index, encode(entry)?.as_slice())
+                            .map_err(io_err)?;
+                    }
+                }
+                WriteOp::Vote(vote, _) => {
+                    meta.insert(KEY_VOTE, encode(vote)?.as_slice()).map_err(io_err)?;
+                }
+                WriteOp::Committed(committed) => {
+                    meta.insert(KEY_COMMITTED, encode(committed)?.as_slice())
+                        .map_err(io_err)?;
+                }
+                WriteOp::TruncateAfter(after, _) => {
+                    let from = after.map_or(0, |i| i + 1);
+                    log.retain_in(from.., |_, _| false).map_err(io_err)?;
+                }
+                WriteOp::Purge(upto, _) => {
+                    log.retain_in(..=upto.index, |_, _| false).map_err(io_err)?;
+                    meta.insert(KEY_PURGED, encode(&Some(upto.clone()))?.as_slice())
+                        .map_err(io_err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// Drops durable entries from the front of the cache, keeping the last `CACHE_KEEP`.
+fn evict_durable(cache: &mut TailCache, durable_seq: u64) {
+    let Some((&last, _)) = cache.entries.last_key_value() else {
+        return;
+    };
+    let keep_from = last.saturating_sub(CACHE_KEEP);
+    while let Some(first) = cache.entries.first_entry() {
+        let (seq, _) = first.get();
+        if *first.key() >= keep_from || *seq > durable_seq {
+            break;
+        }
+        first.remove();
+    }
+}
+
+fn range_start(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    }
+}
+
+fn range_end(range: &impl RangeBounds<u64>) -> u64 {
+    match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    }
+}
+
+impl LogReader {
+    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Cache first: whatever the writer evicts after this point is already in redb.
+        let (first_cached, cached): (u64, Vec<Entry>) = {
+            let cache = self.shared.cache();
+            let first = cache.entries.first_key_value().map_or(u64::MAX, |(k, _)| *k);
+            let from = start.max(first);
+            let cached = if from < end {
+                cache.entries.range(from..end).map(|(_, (_, e))| e.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            (first, cached)
+        };
+        let mut out = Vec::new();
+        let disk_end = end.min(first_cached);
+        if start < disk_end {
+            let txn = self.shared.db.begin_read().map_err(io_err)?;
+            let log = txn.open_table(LOG).map_err(io_err)?;
+            for item in log.range(start..disk_end).map_err(io_err)? {
+                let (_, v) = item.map_err(io_err)?;
+                out.push(decode::<Entry>(v.value())?);
+            }
+        }
+        out.extend(cached);
+        Ok(out)
+    }
+
+    fn last_on_disk(&self) -> io::Result<Option<LogId>> {
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
+        let log = txn.open_table(LOG).map_err(io_err)?;
+        let last = match log.last().map_err(io_err)? {
+            Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
+            None => None,
+        };
+        Ok(last)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_range(range_start(&range), range_end(&range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.vote.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.reader().read_range(range_start(&range), range_end(&range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.reader().read_vote().await
+    }
+}
+
+impl LogStore {
+    fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged = self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cached_last = self
+            .shared
+            .cache()
+            .entries
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id.clone());
+        let last = match cached_last {
+            Some(id) => Some(id),
+            None => self.reader().last_on_disk()?,
+        };
+        Ok(LogState {
+            last_log_id: last.or_else(|| last_purged.clone()),
+            last_purged_log_id: last_purged,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let vote = vote.clone();
+        self.send_and_wait(|done| WriteOp::Vote(vote, done)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not waited for: a committed id that is a little stale after a crash only means
+        // re-applying fewer entries at start-up; openraft learns the rest from the leader.
+        self.send(WriteOp::Committed(committed))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
+        let meta = txn.open_table(META).map_err(io_err)?;
+        match meta.get(KEY_COMMITTED).map_err(io_err)? {
+            Some(v) => decode::<Option<LogId>>(v.value()),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let seq = {
+            let mut cache = self.shared.cache();
+            let seq = cache.next_seq;
+            cache.next_seq += 1;
+            for e in &entries {
+                cache.entries.insert(e.log_id.index, (seq, e.clone()));
+            }
+            seq
+        };
+        self.send(WriteOp::Append {
+            seq,
+            entries,
+            done: callback,
+        })
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let after = last_log_id.map(|id| id.index);
+        {
+            let mut cache = self.shared.cache();
+            let from = after.map_or(0, |i| i + 1);
+            cache.entries.split_off(&from);
+        }
+        self.send_and_wait(|done| WriteOp::TruncateAfter(after, done)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        {
+            let mut cache = self.shared.cache();
+            let rest = cache.entries.split_off(&(log_id.index + 1));
+            cache.entries = rest;
+        }
+        let upto = log_id.clone();
+        self.send_and_wait(|done| WriteOp::Purge(upto, done)).await?;
+        *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+        Ok(())
+    }
+}
