@@ -6,3 +6,21 @@
 
 pub mod storage;
 pub mod types;
+pub mod identity;
+pub mod transport;
+
+/// Generated protobuf and gRPC code.
+pub mod pb {
+    pub mod raft {
+        tonic::include_proto!("raftkv.raft.v1");
+    }
+    pub mod admin {
+        tonic::include_proto!("raftkv.admin.v1");
+    }
+}
+pub mod cluster;
+pub mod api;
+pub mod config;
+pub mod logging;
+pub mod node;
+pub mod dev;

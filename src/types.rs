@@ -99,3 +99,9 @@ pub enum CommandResult {
     /// A blank or membership entry.
     None,
 }
+
+/// The current value of openraft's metrics (a clone, so no lock is held).
+pub fn metrics(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().clone()
+}

@@ -136,9 +136,9 @@ impl StateMachine {
         }
     }
 
-    /// Keys in order from `start` (inclusive) that begin with `prefix`, at most `limit` of them;
-    /// the flag says whether more follow.
-    pub fn list(&self, prefix: &[u8], start: &[u8], limit: usize) -> io::Result<(Vec<KeyValue>, bool)> {
+    /// Keys in order from `start` (inclusive) that begin with `prefix`, at most `limit` of them,
+    /// and the first key after them (where the next page starts), if any.
+    pub fn list(&self, prefix: &[u8], start: &[u8], limit: usize) -> io::Result<(Vec<KeyValue>, Option<Bytes>)> {
         let txn = self.inner.db.begin_read().map_err(io_err)?;
         let kv = txn.open_table(KV).map_err(io_err)?;
         let from: &[u8] = if start > prefix { start } else { prefix };
@@ -150,7 +150,7 @@ impl StateMachine {
                 break;
             }
             if out.len() == limit {
-                return Ok((out, true));
+                return Ok((out, Some(Bytes::copy_from_slice(key))));
             }
             let (revision, value) = decode_value(v.value())?;
             out.push(KeyValue {
@@ -159,7 +159,7 @@ impl StateMachine {
                 value: Bytes::copy_from_slice(value),
             });
         }
-        Ok((out, false))
+        Ok((out, None))
     }
 
     /// The last log id applied to this state machine.

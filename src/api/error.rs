@@ -1,0 +1,114 @@
+//! Every client-visible failure, as HTTP status + `{"error":{"code","message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    InvalidHeader(String),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("a {method} request must not have a body")]
+    UnexpectedBody { method: &'static str },
+    #[error("value is {size} bytes; the limit is {limit} bytes")]
+    ValueTooLarge { size: usize, limit: usize },
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("precondition failed: {message}")]
+    PreconditionFailed { message: String, current: Option<u64> },
+    #[error("no leader is available ({0}); the cluster may have lost quorum or be electing a new leader")]
+    NoLeader(String),
+    #[error("this node is not the leader and does not forward a forwarded request")]
+    NotLeader,
+    #[error("{0}; the outcome of a write is unknown, read the key before retrying")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("forwarding to the leader failed: {0}")]
+    BadGateway(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Admin(String, StatusCode),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidKey(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidHeader(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::UnexpectedBody { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::KeyNotFound | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::NoLeader(_) | ApiError::NotLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Admin(_, s) => *s,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidKey(_) => "invalid_key",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidHeader(_) => "invalid_header",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnexpectedBody { .. } => "unexpected_body",
+            ApiError::ValueTooLarge { .. } => "value_too_large",
+            ApiError::KeyNotFound => "key_not_found",
+            ApiError::PreconditionFailed { .. } => "precondition_failed",
+            ApiError::NoLeader(_) => "no_leader",
+            ApiError::NotLeader => "not_leader",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::BadGateway(_) => "bad_gateway",
+            ApiError::NoRoute(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Admin(_, s) if *s == StatusCode::BAD_REQUEST => "invalid_request",
+            ApiError::Admin(_, s) if *s == StatusCode::CONFLICT => "refused",
+            ApiError::Admin(..) => "admin_failed",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut err = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::PreconditionFailed { current, .. } = &self {
+            err["current_revision"] = json!(current);
+        }
+        (self.status(), Json(json!({ "error": err }))).into_response()
+    }
+}
+
+impl From<crate::cluster::AdminError> for ApiError {
+    fn from(e: crate::cluster::AdminError) -> Self {
+        use crate::cluster::AdminError as A;
+        let status = match &e {
+            A::Invalid(_) => StatusCode::BAD_REQUEST,
+            A::Refused(_) => StatusCode::CONFLICT,
+            A::NotFound(_) => StatusCode::NOT_FOUND,
+            A::NoLeader | A::Forward { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            A::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            A::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::Admin(e.to_string(), status)
+    }
+}

@@ -1,0 +1,299 @@
+//! The key-value endpoints: parse, then read locally, propose through Raft, or forward to the
+//! leader, then encode. Every handler follows those steps in that order.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+use percent_encoding::NON_ALPHANUMERIC;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::forward::{is_not_leader, ForwardError, FORWARDED_BY};
+use super::request::{self, Consistency};
+use super::{ApiState, Leader};
+use crate::storage::KeyValue;
+use crate::types::{Command, CommandResult};
+
+/// A request as the handlers need it: everything needed to forward it, too.
+struct Incoming {
+    method: Method,
+    path: String,
+    path_and_query: String,
+    query: Option<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+    forwarded: bool,
+}
+
+impl Incoming {
+    async fn read(req: Request, body_limit: usize) -> Result<Incoming, ApiError> {
+        let (parts, body) = req.into_parts();
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            let len: usize = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::InvalidHeader("Content-Length is not a number".into()))?;
+            if len > body_limit {
+                return Err(too_large(len, body_limit));
+            }
+        }
+        let body = axum::body::to_bytes(body, body_limit)
+            .await
+            .map_err(|_| too_large(body_limit + 1, body_limit))?;
+        Ok(Incoming {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            path_and_query: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+            query: parts.uri.query().map(str::to_string),
+            forwarded: parts.headers.contains_key(FORWARDED_BY),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    fn no_body(&self, method: &'static str) -> Result<(), ApiError> {
+        if self.body.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::UnexpectedBody { method })
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> ApiError {
+    ApiError::ValueTooLarge { size, limit }
+}
+
+/// Runs `local` on the leader, or forwards the request there, until `deadline`.
+async fn on_leader<F, Fut>(state: &ApiState, req: &Incoming, mut local: F) -> Result<Response, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Response>, ApiError>>,
+{
+    let deadline = Instant::now() + state.limits.request_timeout;
+    let mut last_error = "no leader known".to_string();
+    loop {
+        match state.leader() {
+            Leader::Me => {
+                // `None` means leadership moved while proposing: route again.
+                if let Some(resp) = local().await? {
+                    return Ok(resp);
+                }
+                last_error = "leadership moved during the request".into();
+            }
+            Leader::Other { http_addr, .. } if !req.forwarded => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let sent = state
+                    .forwarder
+                    .forward(&http_addr, &req.method, &req.path_and_query, &req.headers, req.body.clone(), state.id, remaining)
+                    .await;
+                match sent {
+                    Ok(resp) => {
+                        let (not_leader, resp) = is_not_leader(resp).await;
+                        if !not_leader {
+                            return Ok(resp);
+                        }
+                        last_error = format!("node at {http_addr} is no longer the leader");
+                    }
+                    Err(ForwardError::NotSent(e)) => last_error = format!("leader at {http_addr} unreachable: {e}"),
+                    Err(ForwardError::Unknown(e)) => {
+                        return Err(ApiError::BadGateway(format!("{http_addr}: {e}; the outcome is unknown")));
+                    }
+                }
+            }
+            Leader::Other { .. } => return Err(ApiError::NotLeader),
+            Leader::Unknown => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::NoLeader(last_error));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until this node may serve a read at `consistency`; `false` means "not the leader".
+async fn linearize(state: &ApiState, consistency: Consistency) -> Result<bool, ApiError> {
+    let policy = match consistency {
+        Consistency::Stale => return Ok(true),
+        Consistency::Linearizable => ReadPolicy::ReadIndex,
+        Consistency::Lease => ReadPolicy::LeaseRead,
+    };
+    let timeout = state.limits.request_timeout;
+    match tokio::time::timeout(timeout, state.raft.ensure_linearizable(policy)).await {
+        Err(_) => Err(ApiError::NoLeader(format!("could not confirm leadership within {timeout:?}"))),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(false),
+        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => Err(ApiError::NoLeader(e.to_string())),
+        Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
+    }
+}
+
+/// Reads run where their consistency allows: stale reads here, the rest on the leader.
+async fn read<F>(state: &ApiState, req: &Incoming, consistency: Consistency, serve: F) -> Result<Response, ApiError>
+where
+    F: Fn() -> Result<Response, ApiError>,
+{
+    let serve = &serve;
+    let mut resp = if consistency == Consistency::Stale {
+        serve()?
+    } else {
+        on_leader(state, req, move || async move {
+            if linearize(state, consistency).await? {
+                serve().map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await?
+    };
+    resp.headers_mut()
+        .insert("x-raftkv-consistency", HeaderValue::from_static(consistency.as_str()));
+    Ok(resp)
+}
+
+/// Proposes `cmd` through Raft (on the leader, or forwarded there) and renders its result.
+async fn write(state: &ApiState, req: &Incoming, cmd: Command) -> Result<Response, ApiError> {
+    on_leader(state, req, || {
+        let cmd = cmd.clone();
+        async move {
+            let timeout = state.limits.request_timeout;
+            match tokio::time::timeout(timeout, state.raft.client_write(cmd)).await {
+                Err(_) => Err(ApiError::Timeout(format!("the write was not committed within {timeout:?}"))),
+                Ok(Ok(resp)) => render_write(state, resp.data).map(Some),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
+                Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                    Err(ApiError::Timeout("leadership changed while the write was in flight".into()))
+                }
+                Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
+                Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
+            }
+        }
+    })
+    .await
+}
+
+fn render_write(state: &ApiState, result: CommandResult) -> Result<Response, ApiError> {
+    match result {
+        CommandResult::Written { revision } => {
+            let mut resp = Json(json!({ "revision": revision, "node": state.id })).into_response();
+            resp.headers_mut().insert(header::ETAG, header_value(&request::etag(revision)));
+            Ok(resp)
+        }
+        CommandResult::Deleted { existed } => Ok(Json(json!({ "deleted": existed, "node": state.id })).into_response()),
+        CommandResult::PreconditionFailed { current } => Err(ApiError::PreconditionFailed {
+            message: match current {
+                Some(r) => format!("the key is at revision {r}"),
+                None => "the key does not exist".into(),
+            },
+            current,
+        }),
+        CommandResult::None => Err(ApiError::Internal("a key-value command produced no result".into())),
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn storage_err(e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("reading the state machine: {e}"))
+}
+
+/// `PUT /v1/kv/{key}`: the body is the value.
+pub async fn put(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    let req = Incoming::read(req, state.limits.max_value_bytes).await?;
+    let key = request::key_from_path(&req.path)?;
+    request::parse_query(req.query.as_deref(), &[])?;
+    let precondition = request::write_precondition(&req.headers)?;
+    let cmd = Command::Put {
+        key,
+        value: req.body.clone(),
+        precondition,
+    };
+    write(&state, &req, cmd).await
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub async fn delete(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    let req = Incoming::read(req, state.limits.max_value_bytes).await?;
+    req.no_body("DELETE")?;
+    let key = request::key_from_path(&req.path)?;
+    request::parse_query(req.query.as_deref(), &[])?;
+    let precondition = request::write_precondition(&req.headers)?;
+    write(&state, &req, Command::Delete { key, precondition }).await
+}
+
+/// `GET /v1/kv/{key}`: the raw value.
+pub async fn get(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    let req = Incoming::read(req, state.limits.max_value_bytes).await?;
+    req.no_body("GET")?;
+    let key = request::key_from_path(&req.path)?;
+    let q = request::parse_query(req.query.as_deref(), &["consistency"])?;
+    let not_modified_at = request::read_precondition(&req.headers)?;
+    let consistency = q.consistency.unwrap_or_default();
+    read(&state, &req, consistency, || {
+        let (revision, value) = state.sm.get(&key).map_err(storage_err)?.ok_or(ApiError::KeyNotFound)?;
+        let etag = header_value(&request::etag(revision));
+        if not_modified_at == Some(revision) {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().insert(header::ETAG, etag);
+            return Ok(resp);
+        }
+        let mut resp = Response::new(Body::from(value));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(header::ETAG, etag);
+        h.insert("x-raftkv-revision", header_value(&revision.to_string()));
+        Ok(resp)
+    })
+    .await
+}
+
+/// `GET /v1/kv?prefix=&start=&limit=`: keys and values in key order, one page at a time.
+pub async fn list(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    let req = Incoming::read(req, state.limits.max_value_bytes).await?;
+    req.no_body("GET")?;
+    let q = request::parse_query(req.query.as_deref(), &["consistency", "prefix", "start", "limit"])?;
+    let consistency = q.consistency.unwrap_or_default();
+    let prefix = q.prefix.unwrap_or_default();
+    let start = q.start.unwrap_or_default();
+    let limit = q.limit.unwrap_or(100);
+    read(&state, &req, consistency, || {
+        let (items, next) = state.sm.list(&prefix, &start, limit).map_err(storage_err)?;
+        let items: Vec<Value> = items.iter().map(item_json).collect();
+        let next_start = next.map(|k| percent_encode_key(&k));
+        Ok(Json(json!({ "items": items, "next_start": next_start, "node": state.id })).into_response())
+    })
+    .await
+}
+
+/// A listed key: `key`/`value` as strings when they are UTF-8, else `key_base64`/`value_base64`,
+/// so that any byte string survives the trip through JSON.
+fn item_json(kv: &KeyValue) -> Value {
+    let mut m = Map::new();
+    for (name, bytes) in [("key", &kv.key), ("value", &kv.value)] {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => m.insert(name.into(), Value::String(s.into())),
+            Err(_) => m.insert(
+                format!("{name}_base64"),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ),
+        };
+    }
+    m.insert("revision".into(), json!(kv.revision));
+    Value::Object(m)
+}
+
+/// A key as a query-string value (for `next_start`): percent-encoded, any bytes.
+fn percent_encode_key(key: &[u8]) -> String {
+    percent_encoding::percent_encode(key, NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,167 @@
+//! The client HTTP API (axum): keys and values under `/v1/kv`, node status and health, and
+//! the join endpoint that `serve --join` uses.
+
+pub mod error;
+pub mod forward;
+pub mod kv;
+pub mod request;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cluster::status::not_ready_reason;
+use crate::cluster::Admin;
+use crate::pb::admin::AddMemberRequest;
+use crate::storage::StateMachine;
+use crate::types::{NodeId, Raft};
+use error::ApiError;
+use forward::{Forwarder, NODE_HEADER};
+
+/// Limits on what a client may send and how long a request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_value_bytes: usize,
+    /// Upper bound for a write or linearizable read, including waiting for a leader.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub admin: Admin,
+    pub forwarder: Forwarder,
+    pub limits: Limits,
+    /// Set on SIGTERM: new requests are refused while the node hands over and stops.
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Who leads, as far as this node knows.
+pub enum Leader {
+    Me,
+    Other { id: NodeId, http_addr: String },
+    Unknown,
+}
+
+impl ApiState {
+    pub fn leader(&self) -> Leader {
+        let m = crate::types::metrics(&self.raft);
+        match m.current_leader {
+            Some(l) if l == self.id => Leader::Me,
+            Some(l) => match m.membership_config.membership().get_node(&l) {
+                Some(node) => Leader::Other {
+                    id: l,
+                    http_addr: node.http_addr.clone(),
+                },
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let node_header = HeaderValue::from_str(&state.id.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/status", get(status))
+        .route("/v1/cluster/join", post(join))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_when_stopping))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let v = node_header.clone();
+            async move {
+                let mut resp = next.run(req).await;
+                // A forwarded answer already names the node that served it.
+                resp.headers_mut().entry(NODE_HEADER).or_insert(v);
+                resp
+            }
+        }))
+        .with_state(state)
+}
+
+async fn refuse_when_stopping(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if state.stopping.load(Ordering::Relaxed) && req.uri().path() != "/healthz" {
+        return ApiError::Unavailable("this node is shutting down; use another node".into()).into_response();
+    }
+    next.run(req).await
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(req.method().to_string())
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: a member of a cluster that has a leader, with everything it knows to be
+/// committed applied.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match not_ready_reason(&state.raft) {
+        None => Json(json!({ "status": "ready" })).into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": reason }))).into_response(),
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    Json(state.admin.status()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    id: NodeId,
+    raft_addr: String,
+    http_addr: String,
+    #[serde(default)]
+    learner_only: bool,
+}
+
+/// `POST /v1/cluster/join`: add the caller as a voter (or learner), forwarded to the leader.
+async fn join(State(state): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: JoinRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
+    let add = AddMemberRequest {
+        id: req.id,
+        raft_addr: req.raft_addr,
+        http_addr: req.http_addr,
+        catch_up_timeout_ms: 0,
+    };
+    let resp = if req.learner_only {
+        state.admin.add_learner(add).await?
+    } else {
+        state.admin.add_voter(add).await?
+    };
+    Ok(Json(json!({ "log_index": resp.log_index, "message": resp.message })).into_response())
+}

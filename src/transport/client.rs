@@ -1,0 +1,355 @@
+//! The sending side of Raft traffic: one long-lived gRPC channel per peer.
+//!
+//! tonic's `Channel` reconnects by itself; openraft backs off from a peer that answers
+//! `Unreachable` (see [`Connection::backoff`]). Every RPC is bounded by the timeout openraft
+//! gives it, so a dead peer never stalls replication to the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{Backoff, RPCOption, RPCTypes};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::ClusterFence;
+use crate::pb::raft::raft_client::RaftClient;
+use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk, SnapshotHeader};
+use crate::storage::codec::{decode, encode};
+use crate::storage::SnapshotData;
+use crate::types::{NodeAddr, NodeId, TypeConfig, Vote};
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Snapshot data is sent in chunks of this size.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Creates connections for openraft; caches one channel per peer address.
+#[derive(Clone)]
+pub struct Network {
+    fence: ClusterFence,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    connect_timeout: Duration,
+}
+
+impl Network {
+    pub fn new(fence: ClusterFence) -> Self {
+        Network {
+            fence,
+            channels: Arc::default(),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The channel to `addr`, created lazily and shared by every user of this peer.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .initial_connection_window_size(4 << 20)
+            .initial_stream_window_size(2 << 20)
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
+        let client = self
+            .channel(&node.raft_addr)
+            .map(|ch| RaftClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+            .map_err(|e| e.to_string());
+        Connection {
+            target,
+            client,
+            fence: self.fence.clone(),
+        }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct Connection {
+    target: NodeId,
+    /// An invalid address is reported by every RPC rather than at construction.
+    client: Result<RaftClient<Channel>, String>,
+    fence: ClusterFence,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&TransportError(e.to_string())))
+}
+
+fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
+    NetworkError::new(&TransportError(e.to_string()))
+}
+
+/// Transport failures (no connection) make openraft back off; anything else is a network
+/// error that it retries on its own schedule.
+fn status_err(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition => unreachable(status.message()),
+        _ => RPCError::Network(network_err(format!("{}: {}", status.code(), status.message()))),
+    }
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    fn message<T: Serialize>(&self, value: &T) -> Result<RaftMessage, RPCError<TypeConfig>> {
+        Ok(RaftMessage {
+            cluster_id: self.fence.outgoing(),
+            payload: Bytes::from(encode(value).map_err(|e| RPCError::Network(network_err(e)))?),
+        })
+    }
+
+    fn timeout_err(&self, action: RPCTypes, ttl: Duration) -> RPCError<TypeConfig> {
+        RPCError::Timeout(Timeout {
+            action,
+            id: 0,
+            target: self.target,
+            timeout: ttl,
+        })
+    }
+
+    /// One unary RPC: encode, call with a deadline, decode.
+    async fn unary<Req, Resp, F, Fut>(&mut self, req: &Req, option: &RPCOption, action: RPCTypes, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let msg = self.message(req)?;
+        let ttl = option.hard_ttl();
+        let resp = tokio::time::timeout(ttl, call(self.client()?, msg))
+            .await
+            .map_err(|_| self.timeout_err(action, ttl))?
+            .map_err(status_err)?;
+        decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(network_err(e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Connection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, RPCTypes::AppendEntries, |mut c, m| async move { c.append_entries(m).await })
+            .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let cluster_id = self.fence.outgoing();
+            // Requests sent and not yet answered: a response is overdue only while some are.
+            let outstanding = Arc::new(AtomicI64::new(0));
+            let sent = outstanding.clone();
+            let requests = input.filter_map(move |req| {
+                let cluster_id = cluster_id.clone();
+                let sent = sent.clone();
+                async move {
+                    match encode(&req) {
+                        Ok(payload) => {
+                            sent.fetch_add(1, Ordering::SeqCst);
+                            Some(RaftMessage {
+                                cluster_id,
+                                payload: Bytes::from(payload),
+                            })
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode an AppendEntries request");
+                            None
+                        }
+                    }
+                }
+            });
+            let ttl = option.soft_ttl();
+            let target = self.target;
+            let resp = tokio::time::timeout(ttl, client.stream_append(requests))
+                .await
+                .map_err(|_| self.timeout_err(RPCTypes::AppendEntries, ttl))?
+                .map_err(status_err)?;
+            let responses = resp.into_inner();
+            // A peer that stops answering must not hold the stream open forever: while requests
+            // are outstanding, each response must arrive within the soft TTL.
+            let out = futures::stream::unfold(Some(responses), move |state| {
+                let outstanding = outstanding.clone();
+                async move {
+                    let mut responses = state?;
+                    let next = loop {
+                        match tokio::time::timeout(ttl, responses.next()).await {
+                            Ok(next) => break next,
+                            Err(_) if outstanding.load(Ordering::SeqCst) <= 0 => continue,
+                            Err(_) => {
+                                let err = RPCError::Timeout(Timeout {
+                                    action: RPCTypes::AppendEntries,
+                                    id: 0,
+                                    target,
+                                    timeout: ttl,
+                                });
+                                return Some((Err(err), None));
+                            }
+                        }
+                    };
+                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                    match next {
+                        None => None,
+                        Some(Err(status)) => Some((Err(status_err(status)), None)),
+                        Some(Ok(msg)) => match decode::<StreamAppendResult<TypeConfig>>(&msg.payload) {
+                            Ok(r) => Some((Ok(r), Some(responses))),
+                            Err(e) => Some((Err(RPCError::Network(network_err(e))), None)),
+                        },
+                    }
+                }
+            });
+            Ok(Box::pin(out) as BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, RPCTypes::Vote, |mut c, m| async move { c.vote(m).await }).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, RPCTypes::Vote, |mut c, m| async move { c.pre_vote(m).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let header = SnapshotHeader {
+            cluster_id: self.fence.outgoing(),
+            vote: Bytes::from(encode(&vote).map_err(network_err)?),
+            meta: Bytes::from(encode(&snapshot.meta).map_err(network_err)?),
+            size_bytes: snapshot.snapshot.file.metadata().map_err(network_err)?.len(),
+        };
+        let file = snapshot.snapshot.file.try_clone().map_err(network_err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        // Read the file chunk by chunk as gRPC drains the channel: memory stays at a few chunks.
+        let reader = tokio::spawn(async move {
+            let mut file = tokio::fs::File::from_std(file);
+            if tx
+                .send(SnapshotChunk {
+                    kind: Some(snapshot_chunk::Kind::Header(header)),
+                })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = file.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(filled);
+                let chunk = SnapshotChunk {
+                    kind: Some(snapshot_chunk::Kind::Data(Bytes::from(buf))),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let ttl = option.hard_ttl();
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let result = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            r = tokio::time::timeout(ttl, call) => r,
+        };
+        let resp = match result {
+            Err(_) => {
+                reader.abort();
+                return Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }));
+            }
+            Ok(Err(status)) => return Err(StreamingError::from(status_err(status))),
+            Ok(Ok(resp)) => resp,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StreamingError::Network(network_err(format!("reading snapshot file: {e}")))),
+            Err(e) => return Err(StreamingError::Network(network_err(e))),
+        }
+        decode(&resp.into_inner().payload).map_err(|e| StreamingError::Network(network_err(e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&req, &option, RPCTypes::TransferLeader, |mut c, m| async move { c.transfer_leader(m).await })
+            .await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // 50 ms doubling to 2 s: a restarted peer is picked up quickly, a dead one costs little.
+        let mut delay = Duration::from_millis(50);
+        Some(Backoff::new(std::iter::from_fn(move || {
+            let d = delay;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            Some(d)
+        })))
+    }
+}

@@ -1,0 +1,65 @@
+//! Raft traffic between nodes over gRPC (`raftkv.raft.v1`): the client side that openraft
+//! drives ([`client::Network`]) and the service that feeds incoming RPCs to openraft
+//! ([`server::RaftService`]).
+
+pub mod client;
+pub mod server;
+
+use std::sync::{Arc, RwLock};
+
+use crate::identity::ClusterIdFile;
+
+/// The id of the cluster this node belongs to. Every Raft message carries it, and a node
+/// refuses messages of another cluster, so that two clusters whose addresses overlap (a stale
+/// volume, a recycled pod IP) can never mix their logs.
+#[derive(Clone)]
+pub struct ClusterFence {
+    current: Arc<RwLock<Option<String>>>,
+    file: Arc<ClusterIdFile>,
+}
+
+impl ClusterFence {
+    pub fn new(file: ClusterIdFile) -> std::io::Result<Self> {
+        let current = file.read()?;
+        Ok(ClusterFence {
+            current: Arc::new(RwLock::new(current)),
+            file: Arc::new(file),
+        })
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The id to put on outgoing messages ("" while this node belongs to no cluster yet).
+    pub fn outgoing(&self) -> String {
+        self.get().unwrap_or_default()
+    }
+
+    /// Records the cluster id, if this node has none yet.
+    pub fn adopt(&self, id: &str) -> std::io::Result<()> {
+        if id.is_empty() {
+            return Ok(());
+        }
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.is_none() {
+            self.file.write(id)?;
+            tracing::info!(cluster_id = id, "joined cluster");
+            *cur = Some(id.to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks an incoming message's cluster id; a node without one adopts the sender's.
+    pub fn check(&self, incoming: &str) -> Result<(), tonic::Status> {
+        match self.get() {
+            Some(mine) if !incoming.is_empty() && mine != incoming => Err(tonic::Status::failed_precondition(format!(
+                "cluster id mismatch: this node belongs to cluster {mine}, the message to {incoming}"
+            ))),
+            Some(_) => Ok(()),
+            None => self
+                .adopt(incoming)
+                .map_err(|e| tonic::Status::internal(format!("cannot persist cluster id: {e}"))),
+        }
+    }
+}

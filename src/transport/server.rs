@@ -1,0 +1,170 @@
+//! The receiving side of Raft traffic: decodes each RPC and hands it to openraft.
+
+use std::io::Write;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ClusterFence;
+use crate::pb::raft::raft_server::Raft as RaftRpc;
+use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use crate::storage::codec::{decode, encode};
+use crate::storage::snapshot::SnapshotReader;
+use crate::storage::{SnapshotData, StateMachine};
+use crate::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+
+pub struct RaftService {
+    raft: Raft,
+    fence: ClusterFence,
+    sm: StateMachine,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft, fence: ClusterFence, sm: StateMachine) -> Self {
+        RaftService { raft, fence, sm }
+    }
+
+    fn open<T: DeserializeOwned>(&self, msg: &RaftMessage) -> Result<T, Status> {
+        self.fence.check(&msg.cluster_id)?;
+        decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+    }
+
+    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(RaftMessage {
+            cluster_id: self.fence.outgoing(),
+            payload: Bytes::from(encode(value).map_err(|e| Status::internal(e.to_string()))?),
+        }))
+    }
+}
+
+/// openraft fails these calls only when the node is shutting down or has hit a fatal error.
+fn fatal<E: std::fmt::Display>(e: E) -> Status {
+    Status::unavailable(format!("raft node unavailable: {e}"))
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = self.open(req.get_ref())?;
+        let resp = self.raft.vote(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = self.open(req.get_ref())?;
+        let resp = self.raft.pre_vote(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(req.get_ref())?;
+        let resp = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    type StreamAppendStream = ResponseStream;
+
+    async fn stream_append(&self, req: Request<Streaming<RaftMessage>>) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let fence = self.fence.clone();
+        let input = req.into_inner();
+        // A request that cannot be decoded or belongs to another cluster ends the stream: the
+        // leader reconnects and starts over, which is what Raft needs anyway.
+        let fence_in = fence.clone();
+        let requests = input
+            .take_while(move |msg| {
+                let ok = match msg {
+                    Ok(m) => fence_in.check(&m.cluster_id).is_ok(),
+                    Err(_) => false,
+                };
+                futures::future::ready(ok)
+            })
+            .filter_map(|msg| async move {
+                let msg = msg.ok()?;
+                match decode::<AppendEntriesRequest<TypeConfig>>(&msg.payload) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable AppendEntries in stream");
+                        None
+                    }
+                }
+            });
+        let out = self.raft.stream_append(requests).map(move |res| match res {
+            Ok(r) => encode(&r).map(|payload| RaftMessage {
+                cluster_id: fence.outgoing(),
+                payload: Bytes::from(payload),
+            }).map_err(|e| Status::internal(e.to_string())),
+            Err(e) => Err(fatal(e)),
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(SnapshotChunk {
+                kind: Some(snapshot_chunk::Kind::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
+        };
+        self.fence.check(&header.cluster_id)?;
+        let vote: Vote = decode(&header.vote).map_err(|e| Status::invalid_argument(format!("bad vote: {e}")))?;
+        let meta: SnapshotMeta = decode(&header.meta).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
+
+        let path = self.sm.incoming_snapshot_path();
+        let result = receive_snapshot(&mut stream, &path, header.size_bytes).await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData::open(path.clone()).map_err(|e| Status::internal(e.to_string()))?,
+        };
+        let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal);
+        // Installed snapshots are renamed away; a refused one is left behind as a .part file.
+        let _ = std::fs::remove_file(&path);
+        self.reply(&resp?)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = self.open(req.get_ref())?;
+        let resp = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+}
+
+/// Writes the data chunks to `path`, then verifies the whole file (format and checksum)
+/// before anyone trusts it.
+async fn receive_snapshot(stream: &mut Streaming<SnapshotChunk>, path: &std::path::Path, expected: u64) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        match chunk?.kind {
+            Some(snapshot_chunk::Kind::Data(data)) => {
+                received += data.len() as u64;
+                file.write_all(&data).map_err(io)?;
+            }
+            _ => return Err(Status::invalid_argument("only data chunks may follow the snapshot header")),
+        }
+    }
+    if received != expected {
+        return Err(Status::data_loss(format!("snapshot truncated: received {received} of {expected} bytes")));
+    }
+    let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || SnapshotReader::open(&path)?.verify())
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::data_loss(format!("received snapshot is corrupt: {e}")))?;
+    Ok(())
+}
