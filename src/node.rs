@@ -57,7 +57,7 @@ fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_threshold),
         // Keep some log behind a snapshot so that a follower that is slightly behind is
         // caught up with entries, not a whole snapshot.
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: args.snapshot_threshold.min(1000),
         replication_lag_threshold: args.snapshot_threshold.max(1000) * 2,
         install_snapshot_timeout: 120_000,
         max_payload_entries: 512,

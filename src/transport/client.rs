@@ -179,6 +179,13 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            // openraft applies its backoff inside the request stream: wait for the first
+            // request before connecting, or a dead peer would be redialled in a tight loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let input = futures::stream::iter([first]).chain(input);
             let mut client = self.client()?;
             let cluster_id = self.fence.outgoing();
             // Requests sent and not yet answered: a response is overdue only while some are.

@@ -1,0 +1,215 @@
+//! A real cluster of `raftkv` processes: formation, replication, forwarding, failures.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use nix::sys::signal::Signal;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_and_join_form_a_three_voter_cluster_with_one_leader() {
+    let c = Cluster::start(3, &[]).await;
+    let mut leaders = 0;
+    let mut cluster_ids = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let s = c.status(i).await.expect("status");
+        assert_eq!(s["members"].as_array().map(|m| m.len()), Some(3), "{s}");
+        if s["role"] == "leader" {
+            leaders += 1;
+        }
+        cluster_ids.insert(s["cluster_id"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(leaders, 1);
+    assert_eq!(cluster_ids.len(), 1, "all nodes share one cluster id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_follower_is_read_linearizably_from_every_node() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader_index().await.expect("leader");
+    let follower = (leader + 1) % 3;
+    let r = c.put(follower, "greeting", "hello").await;
+    assert_eq!(r.status(), 200);
+    let served_by: u64 = r.headers()["x-raftkv-node"].to_str().unwrap().parse().unwrap();
+    assert_eq!(served_by, c.node_id(leader), "the follower forwarded the write to the leader");
+    for i in 0..3 {
+        assert_eq!(c.get(i, "greeting", "linearizable").await.as_deref(), Some("hello"), "node {i}");
+        assert_eq!(c.get(i, "greeting", "lease").await.as_deref(), Some("hello"), "node {i}");
+    }
+    // A stale read is served by the node itself and, once applied, agrees.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for i in 0..3 {
+        while c.get(i, "greeting", "stale").await.as_deref() != Some("hello") {
+            assert!(Instant::now() < deadline, "node {i} never applied the write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut acked = Vec::new();
+    for k in 0..50 {
+        let node = k % 3;
+        c.put_ok(node, &format!("k{k}"), &format!("v{k}")).await;
+        acked.push(k);
+    }
+    let old = c.leader_index().await.expect("leader");
+    c.nodes[old].kill();
+    let new = c.wait_leader(Some(old), Duration::from_secs(15)).await;
+    assert_ne!(new, old);
+    // The survivors keep accepting writes.
+    for k in 50..60 {
+        c.put_ok(new, &format!("k{k}"), &format!("v{k}")).await;
+        acked.push(k);
+    }
+    for k in &acked {
+        assert_eq!(c.get(new, &format!("k{k}"), "linearizable").await, Some(format!("v{k}")), "k{k} lost");
+    }
+    // The old leader comes back as a follower with everything.
+    c.restart(old);
+    c.wait_ready(old).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.get(old, "k59", "stale").await.as_deref() != Some("v59") {
+        assert!(Instant::now() < deadline, "restarted node did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for k in &acked {
+        assert_eq!(c.get(old, &format!("k{k}"), "stale").await, Some(format!("v{k}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-threshold", "50"]).await;
+    let leader = c.leader_index().await.expect("leader");
+    let lagging = (leader + 1) % 3;
+    c.nodes[lagging].kill();
+    for k in 0..400 {
+        c.put_ok(leader, &format!("key{k:04}"), &format!("value{k}")).await;
+    }
+    // The leader has snapshotted and purged past everything the lagging node has.
+    let s = c.status(leader).await.expect("leader status");
+    let purged = s["purged"]["index"].as_u64().unwrap_or(0);
+    assert!(purged > 100, "leader purged its log: {s}");
+    c.restart(lagging);
+    c.wait_ready(lagging).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(lagging, "key0399", "stale").await.as_deref() != Some("value399") {
+        assert!(Instant::now() < deadline, "lagging node did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = c.status(lagging).await.expect("status");
+    assert!(s["snapshot"]["index"].as_u64().unwrap_or(0) >= purged, "caught up through a snapshot: {s}");
+    for k in (0..400).step_by(7) {
+        assert_eq!(c.get(lagging, &format!("key{k:04}"), "stale").await, Some(format!("value{k}")));
+    }
+    assert!(c.nodes[lagging].log_text().contains("snapshot installed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_recovers_its_state_after_all_are_killed() {
+    let mut c = Cluster::start(3, &["--snapshot-threshold", "40"]).await;
+    for k in 0..100 {
+        c.put_ok(k % 3, &format!("k{k}"), &format!("v{k}")).await;
+    }
+    for i in 0..3 {
+        c.nodes[i].kill();
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let leader = c.wait_leader(None, Duration::from_secs(20)).await;
+    for k in 0..100 {
+        assert_eq!(c.get(leader, &format!("k{k}"), "linearizable").await, Some(format!("v{k}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_over_and_exits_zero() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.put_ok(0, "before", "1").await;
+    let old = c.leader_index().await.expect("leader");
+    let started = Instant::now();
+    c.nodes[old].signal(Signal::SIGTERM);
+    let status = c.nodes[old].wait_exit(Duration::from_secs(20)).expect("node exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let new = c.wait_leader(Some(old), Duration::from_secs(10)).await;
+    // A hand-off is much faster than waiting out an election timeout on a dead leader.
+    assert!(c.nodes[old].log_text().contains("handed leadership over"), "{}", c.nodes[old].log_text());
+    eprintln!("leader moved in {:?}", started.elapsed());
+    assert_eq!(c.get(new, "before", "linearizable").await.as_deref(), Some("1"));
+    c.put_ok(new, "after", "2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_on_a_node_with_state_is_a_no_op() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.put_ok(0, "k", "v").await;
+    let before = c.status(0).await.expect("status");
+    c.nodes[0].kill();
+    c.start_with(0, &["--bootstrap"]);
+    c.wait_ready(0).await;
+    let after = c.status(0).await.expect("status");
+    assert_eq!(before["cluster_id"], after["cluster_id"]);
+    assert_eq!(c.get(0, "k", "linearizable").await.as_deref(), Some("v"));
+    assert!(c.nodes[0].log_text().contains("--bootstrap ignored"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_and_linearizable_reads_fail_fast_with_503() {
+    let mut c = Cluster::start(3, &["--request-timeout-ms", "2000"]).await;
+    c.put_ok(0, "k", "v").await;
+    let leader = c.leader_index().await.expect("leader");
+    for i in 0..3 {
+        if i != leader {
+            c.nodes[i].kill();
+        }
+    }
+    let started = Instant::now();
+    let r = c.put(leader, "k", "w").await;
+    assert!(r.status() == 503 || r.status() == 504, "status {}", r.status());
+    let body: serde_json::Value = r.json().await.expect("JSON error");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let r = c
+        .http
+        .get(c.nodes[leader].url("/v1/kv/k?consistency=linearizable"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(10), "failed in bounded time: {:?}", started.elapsed());
+    // A stale read still answers from the node's own state.
+    assert_eq!(c.get(leader, "k", "stale").await.as_deref(), Some("v"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_with_if_match_and_if_none_match() {
+    let c = Cluster::start(1, &[]).await;
+    let url = c.nodes[0].url("/v1/kv/cas");
+    let create = |v: &'static str| c.http.put(&url).header("if-none-match", "*").body(v).send();
+    let r = create("a").await.expect("create");
+    assert_eq!(r.status(), 200);
+    let rev = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(create("b").await.expect("create again").status(), 412);
+
+    let r = c.http.put(&url).header("if-match", "\"999999\"").body("c").send().await.expect("put");
+    assert_eq!(r.status(), 412);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "precondition_failed");
+    assert_eq!(Some(format!("\"{}\"", body["error"]["current_revision"])), Some(rev.clone()));
+
+    let r = c.http.put(&url).header("if-match", &rev).body("d").send().await.expect("put");
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get(0, "cas", "linearizable").await.as_deref(), Some("d"));
+    // The old revision no longer matches, for writes and deletes alike.
+    let r = c.http.delete(&url).header("if-match", &rev).send().await.expect("delete");
+    assert_eq!(r.status(), 412);
+    let r = c.http.delete(&url).header("if-match", "*").send().await.expect("delete");
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get(0, "cas", "linearizable").await, None);
+    let r = c.http.delete(&url).header("if-match", "*").send().await.expect("delete");
+    assert_eq!(r.status(), 412, "If-Match: * on an absent key");
+}
