@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "raftkv", version, about = "A replicated key-value store on Raft", propagate_version = true)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A replicated key-value store on Raft",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log filter (e.g. info, debug, raftkv=debug,openraft=info); RUST_LOG takes precedence.
     #[arg(long, global = true, env = "RAFTKV_LOG_LEVEL", default_value = "info")]

@@ -97,7 +97,10 @@ pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
     println!();
     println!("Try:");
     println!("  curl -X PUT --data-binary 'hello' http://{first_http}/v1/kv/greeting");
-    println!("  curl http://{}/v1/kv/greeting", nodes.last().map_or(&first_http, |n| &n.http));
+    println!(
+        "  curl http://{}/v1/kv/greeting",
+        nodes.last().map_or(&first_http, |n| &n.http)
+    );
     println!("  curl http://{first_http}/v1/status");
     println!();
     println!("Ctrl-C stops the cluster (data stays in {}).", data.display());

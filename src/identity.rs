@@ -37,7 +37,11 @@ pub enum IdentityError {
         "the data directory {dir} belongs to node {stored}, but --id {requested} was given; \
          a node id never changes (use another data directory for a new node)"
     )]
-    Mismatch { dir: PathBuf, stored: NodeId, requested: NodeId },
+    Mismatch {
+        dir: PathBuf,
+        stored: NodeId,
+        requested: NodeId,
+    },
     #[error("node id 0 is reserved; choose a positive --id")]
     Zero,
 }
@@ -46,16 +50,24 @@ pub enum IdentityError {
 /// result is stored before it is returned.
 pub fn resolve_node_id(data_dir: &Path, requested: Option<NodeId>) -> Result<NodeId, IdentityError> {
     let path = data_dir.join(NODE_ID_FILE);
-    let io_err = |source| IdentityError::Io { path: path.clone(), source };
+    let io_err = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
     if requested == Some(0) {
         return Err(IdentityError::Zero);
     }
     match std::fs::read_to_string(&path) {
         Ok(s) => {
-            let stored: NodeId = s.trim().parse().ok().filter(|id| *id != 0).ok_or_else(|| IdentityError::Corrupt {
-                path: path.clone(),
-                found: s.trim().to_string(),
-            })?;
+            let stored: NodeId = s
+                .trim()
+                .parse()
+                .ok()
+                .filter(|id| *id != 0)
+                .ok_or_else(|| IdentityError::Corrupt {
+                    path: path.clone(),
+                    found: s.trim().to_string(),
+                })?;
             match requested {
                 Some(r) if r != stored => Err(IdentityError::Mismatch {
                     dir: data_dir.to_path_buf(),
@@ -121,7 +133,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(resolve_node_id(dir.path(), Some(7)).unwrap(), 7);
         assert_eq!(resolve_node_id(dir.path(), None).unwrap(), 7);
-        assert!(matches!(resolve_node_id(dir.path(), Some(8)), Err(IdentityError::Mismatch { stored: 7, .. })));
+        assert!(matches!(
+            resolve_node_id(dir.path(), Some(8)),
+            Err(IdentityError::Mismatch { stored: 7, .. })
+        ));
     }
 
     #[test]
@@ -129,6 +144,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(resolve_node_id(dir.path(), Some(0)), Err(IdentityError::Zero)));
         std::fs::write(dir.path().join(NODE_ID_FILE), "banana").unwrap();
-        assert!(matches!(resolve_node_id(dir.path(), None), Err(IdentityError::Corrupt { .. })));
+        assert!(matches!(
+            resolve_node_id(dir.path(), None),
+            Err(IdentityError::Corrupt { .. })
+        ));
     }
 }

@@ -4,10 +4,10 @@
 //! is replicated by openraft over [`transport`], persisted by [`storage`], applied by the state
 //! machine, and answered.
 
-pub mod storage;
-pub mod types;
 pub mod identity;
+pub mod storage;
 pub mod transport;
+pub mod types;
 
 /// Generated protobuf and gRPC code.
 pub mod pb {
@@ -18,9 +18,9 @@ pub mod pb {
         tonic::include_proto!("raftkv.admin.v1");
     }
 }
-pub mod cluster;
 pub mod api;
+pub mod cluster;
 pub mod config;
+pub mod dev;
 pub mod logging;
 pub mod node;
-pub mod dev;

@@ -122,9 +122,12 @@ impl Node {
                 .initial_stream_window_size(2 << 20)
                 .add_service(raft_svc)
                 .add_service(admin_svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(raft_listener), async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                )
                 .await
                 .context("raft gRPC server failed")
         }));
@@ -257,13 +260,26 @@ async fn join(raft: Raft, me: Member, seeds: Vec<String>) {
     });
     loop {
         let already_voter = raft.voter_ids().any(|v| v == me.id);
-        if already_voter || (!me.voter && crate::types::metrics(&raft).membership_config.membership().get_node(&me.id).is_some()) {
+        if already_voter
+            || (!me.voter
+                && crate::types::metrics(&raft)
+                    .membership_config
+                    .membership()
+                    .get_node(&me.id)
+                    .is_some())
+        {
             tracing::info!("already a member: nothing to join");
             return;
         }
         for seed in &seeds {
             let url = format!("http://{seed}/v1/cluster/join");
-            match client.post(&url).json(&body).timeout(Duration::from_secs(120)).send().await {
+            match client
+                .post(&url)
+                .json(&body)
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!(seed = %seed, "joined the cluster");
                     return;

@@ -32,10 +32,22 @@ async fn a_write_to_a_follower_is_read_linearizably_from_every_node() {
     let r = c.put(follower, "greeting", "hello").await;
     assert_eq!(r.status(), 200);
     let served_by: u64 = r.headers()["x-raftkv-node"].to_str().unwrap().parse().unwrap();
-    assert_eq!(served_by, c.node_id(leader), "the follower forwarded the write to the leader");
+    assert_eq!(
+        served_by,
+        c.node_id(leader),
+        "the follower forwarded the write to the leader"
+    );
     for i in 0..3 {
-        assert_eq!(c.get(i, "greeting", "linearizable").await.as_deref(), Some("hello"), "node {i}");
-        assert_eq!(c.get(i, "greeting", "lease").await.as_deref(), Some("hello"), "node {i}");
+        assert_eq!(
+            c.get(i, "greeting", "linearizable").await.as_deref(),
+            Some("hello"),
+            "node {i}"
+        );
+        assert_eq!(
+            c.get(i, "greeting", "lease").await.as_deref(),
+            Some("hello"),
+            "node {i}"
+        );
     }
     // A stale read is served by the node itself and, once applied, agrees.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -66,7 +78,11 @@ async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
         acked.push(k);
     }
     for k in &acked {
-        assert_eq!(c.get(new, &format!("k{k}"), "linearizable").await, Some(format!("v{k}")), "k{k} lost");
+        assert_eq!(
+            c.get(new, &format!("k{k}"), "linearizable").await,
+            Some(format!("v{k}")),
+            "k{k} lost"
+        );
     }
     // The old leader comes back as a follower with everything.
     c.restart(old);
@@ -102,9 +118,15 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let s = c.status(lagging).await.expect("status");
-    assert!(s["snapshot"]["index"].as_u64().unwrap_or(0) >= purged, "caught up through a snapshot: {s}");
+    assert!(
+        s["snapshot"]["index"].as_u64().unwrap_or(0) >= purged,
+        "caught up through a snapshot: {s}"
+    );
     for k in (0..400).step_by(7) {
-        assert_eq!(c.get(lagging, &format!("key{k:04}"), "stale").await, Some(format!("value{k}")));
+        assert_eq!(
+            c.get(lagging, &format!("key{k:04}"), "stale").await,
+            Some(format!("value{k}"))
+        );
     }
     assert!(c.nodes[lagging].log_text().contains("snapshot installed"));
 }
@@ -123,7 +145,10 @@ async fn every_node_recovers_its_state_after_all_are_killed() {
     }
     let leader = c.wait_leader(None, Duration::from_secs(20)).await;
     for k in 0..100 {
-        assert_eq!(c.get(leader, &format!("k{k}"), "linearizable").await, Some(format!("v{k}")));
+        assert_eq!(
+            c.get(leader, &format!("k{k}"), "linearizable").await,
+            Some(format!("v{k}"))
+        );
     }
 }
 
@@ -134,11 +159,17 @@ async fn sigterm_on_the_leader_hands_over_and_exits_zero() {
     let old = c.leader_index().await.expect("leader");
     let started = Instant::now();
     c.nodes[old].signal(Signal::SIGTERM);
-    let status = c.nodes[old].wait_exit(Duration::from_secs(20)).expect("node exits after SIGTERM");
+    let status = c.nodes[old]
+        .wait_exit(Duration::from_secs(20))
+        .expect("node exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     let new = c.wait_leader(Some(old), Duration::from_secs(10)).await;
     // A hand-off is much faster than waiting out an election timeout on a dead leader.
-    assert!(c.nodes[old].log_text().contains("handed leadership over"), "{}", c.nodes[old].log_text());
+    assert!(
+        c.nodes[old].log_text().contains("handed leadership over"),
+        "{}",
+        c.nodes[old].log_text()
+    );
     eprintln!("leader moved in {:?}", started.elapsed());
     assert_eq!(c.get(new, "before", "linearizable").await.as_deref(), Some("1"));
     c.put_ok(new, "after", "2").await;
@@ -180,7 +211,11 @@ async fn without_quorum_writes_and_linearizable_reads_fail_fast_with_503() {
         .await
         .expect("GET");
     assert_eq!(r.status(), 503);
-    assert!(started.elapsed() < Duration::from_secs(10), "failed in bounded time: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed in bounded time: {:?}",
+        started.elapsed()
+    );
     // A stale read still answers from the node's own state.
     assert_eq!(c.get(leader, "k", "stale").await.as_deref(), Some("v"));
 }
@@ -195,21 +230,56 @@ async fn compare_and_swap_with_if_match_and_if_none_match() {
     let rev = r.headers()["etag"].to_str().unwrap().to_string();
     assert_eq!(create("b").await.expect("create again").status(), 412);
 
-    let r = c.http.put(&url).header("if-match", "\"999999\"").body("c").send().await.expect("put");
+    let r = c
+        .http
+        .put(&url)
+        .header("if-match", "\"999999\"")
+        .body("c")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 412);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "precondition_failed");
-    assert_eq!(Some(format!("\"{}\"", body["error"]["current_revision"])), Some(rev.clone()));
+    assert_eq!(
+        Some(format!("\"{}\"", body["error"]["current_revision"])),
+        Some(rev.clone())
+    );
 
-    let r = c.http.put(&url).header("if-match", &rev).body("d").send().await.expect("put");
+    let r = c
+        .http
+        .put(&url)
+        .header("if-match", &rev)
+        .body("d")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 200);
     assert_eq!(c.get(0, "cas", "linearizable").await.as_deref(), Some("d"));
     // The old revision no longer matches, for writes and deletes alike.
-    let r = c.http.delete(&url).header("if-match", &rev).send().await.expect("delete");
+    let r = c
+        .http
+        .delete(&url)
+        .header("if-match", &rev)
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(r.status(), 412);
-    let r = c.http.delete(&url).header("if-match", "*").send().await.expect("delete");
+    let r = c
+        .http
+        .delete(&url)
+        .header("if-match", "*")
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(r.status(), 200);
     assert_eq!(c.get(0, "cas", "linearizable").await, None);
-    let r = c.http.delete(&url).header("if-match", "*").send().await.expect("delete");
+    let r = c
+        .http
+        .delete(&url)
+        .header("if-match", "*")
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(r.status(), 412, "If-Match: * on an absent key");
 }

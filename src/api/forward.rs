@@ -84,22 +84,30 @@ impl Forwarder {
             }
         })?;
         let status = resp.status();
-        let mut out = Response::builder().status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
+        let mut out =
+            Response::builder().status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
         for (name, value) in resp.headers() {
             if is_end_to_end(name.as_str()) {
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_str().as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_str().as_bytes()),
+                    HeaderValue::from_bytes(value.as_bytes()),
+                ) {
                     out = out.header(n, v);
                 }
             }
         }
         let body = resp.bytes().await.map_err(|e| ForwardError::Unknown(e.to_string()))?;
-        out.body(Body::from(body)).map_err(|e| ForwardError::Unknown(e.to_string()))
+        out.body(Body::from(body))
+            .map_err(|e| ForwardError::Unknown(e.to_string()))
     }
 }
 
 /// Headers that describe the answer itself (not the hop).
 fn is_end_to_end(name: &str) -> bool {
-    matches!(name, "content-type" | "etag" | "x-raftkv-node" | "x-raftkv-revision" | "x-raftkv-consistency")
+    matches!(
+        name,
+        "content-type" | "etag" | "x-raftkv-node" | "x-raftkv-revision" | "x-raftkv-consistency"
+    )
 }
 
 /// Whether a forwarded answer says "I am not the leader (any more)".

@@ -52,7 +52,10 @@ impl Incoming {
         Ok(Incoming {
             method: parts.method,
             path: parts.uri.path().to_string(),
-            path_and_query: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
             query: parts.uri.query().map(str::to_string),
             forwarded: parts.headers.contains_key(FORWARDED_BY),
             headers: parts.headers,
@@ -94,7 +97,15 @@ where
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let sent = state
                     .forwarder
-                    .forward(&http_addr, &req.method, &req.path_and_query, &req.headers, req.body.clone(), state.id, remaining)
+                    .forward(
+                        &http_addr,
+                        &req.method,
+                        &req.path_and_query,
+                        &req.headers,
+                        req.body.clone(),
+                        state.id,
+                        remaining,
+                    )
                     .await;
                 match sent {
                     Ok(resp) => {
@@ -106,7 +117,9 @@ where
                     }
                     Err(ForwardError::NotSent(e)) => last_error = format!("leader at {http_addr} unreachable: {e}"),
                     Err(ForwardError::Unknown(e)) => {
-                        return Err(ApiError::BadGateway(format!("{http_addr}: {e}; the outcome is unknown")));
+                        return Err(ApiError::BadGateway(format!(
+                            "{http_addr}: {e}; the outcome is unknown"
+                        )));
                     }
                 }
             }
@@ -129,10 +142,14 @@ async fn linearize(state: &ApiState, consistency: Consistency) -> Result<bool, A
     };
     let timeout = state.limits.request_timeout;
     match tokio::time::timeout(timeout, state.raft.ensure_linearizable(policy)).await {
-        Err(_) => Err(ApiError::NoLeader(format!("could not confirm leadership within {timeout:?}"))),
+        Err(_) => Err(ApiError::NoLeader(format!(
+            "could not confirm leadership within {timeout:?}"
+        ))),
         Ok(Ok(_)) => Ok(true),
         Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(false),
-        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => Err(ApiError::NoLeader(e.to_string())),
+        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+            Err(ApiError::NoLeader(e.to_string()))
+        }
         Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
     }
 }
@@ -167,12 +184,14 @@ async fn write(state: &ApiState, req: &Incoming, cmd: Command) -> Result<Respons
         async move {
             let timeout = state.limits.request_timeout;
             match tokio::time::timeout(timeout, state.raft.client_write(cmd)).await {
-                Err(_) => Err(ApiError::Timeout(format!("the write was not committed within {timeout:?}"))),
+                Err(_) => Err(ApiError::Timeout(format!(
+                    "the write was not committed within {timeout:?}"
+                ))),
                 Ok(Ok(resp)) => render_write(state, resp.data).map(Some),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
-                Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                    Err(ApiError::Timeout("leadership changed while the write was in flight".into()))
-                }
+                Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(ApiError::Timeout(
+                    "leadership changed while the write was in flight".into(),
+                )),
                 Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
                 Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
             }
@@ -185,7 +204,8 @@ fn render_write(state: &ApiState, result: CommandResult) -> Result<Response, Api
     match result {
         CommandResult::Written { revision } => {
             let mut resp = Json(json!({ "revision": revision, "node": state.id })).into_response();
-            resp.headers_mut().insert(header::ETAG, header_value(&request::etag(revision)));
+            resp.headers_mut()
+                .insert(header::ETAG, header_value(&request::etag(revision)));
             Ok(resp)
         }
         CommandResult::Deleted { existed } => Ok(Json(json!({ "deleted": existed, "node": state.id })).into_response()),
@@ -250,7 +270,10 @@ pub async fn get(State(state): State<ApiState>, req: Request) -> Result<Response
         }
         let mut resp = Response::new(Body::from(value));
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         h.insert(header::ETAG, etag);
         h.insert("x-raftkv-revision", header_value(&revision.to_string()));
         Ok(resp)

@@ -131,7 +131,11 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<ApiState>) -> Response {
     match not_ready_reason(&state.raft) {
         None => Json(json!({ "status": "ready" })).into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": reason }))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response(),
     }
 }
 
@@ -151,7 +155,8 @@ struct JoinRequest {
 
 /// `POST /v1/cluster/join`: add the caller as a voter (or learner), forwarded to the leader.
 async fn join(State(state): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let req: JoinRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
+    let req: JoinRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
     let add = AddMemberRequest {
         id: req.id,
         raft_addr: req.raft_addr,

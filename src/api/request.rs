@@ -40,7 +40,7 @@ fn decode_component(raw: &str) -> Result<Bytes, String> {
     let b = raw.as_bytes();
     for (i, c) in b.iter().enumerate() {
         if *c == b'%' {
-            let ok = i + 2 < b.len() + 0 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            let ok = i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
             if !ok {
                 return Err(format!("malformed percent-escape at byte {i} of {raw:?}"));
             }
@@ -133,7 +133,9 @@ pub fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiErro
                     .parse()
                     .ok()
                     .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::InvalidQuery(format!("limit must be an integer from 1 to {MAX_LIST_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        ApiError::InvalidQuery(format!("limit must be an integer from 1 to {MAX_LIST_LIMIT}"))
+                    })?;
                 if q.limit.replace(n).is_some() {
                     return Err(dup());
                 }
@@ -149,7 +151,9 @@ pub fn write_precondition(headers: &HeaderMap) -> Result<Option<Precondition>, A
     let if_match = header_str(headers, "if-match")?;
     let if_none = header_str(headers, "if-none-match")?;
     match (if_match, if_none) {
-        (Some(_), Some(_)) => Err(ApiError::InvalidHeader("use If-Match or If-None-Match, not both".into())),
+        (Some(_), Some(_)) => Err(ApiError::InvalidHeader(
+            "use If-Match or If-None-Match, not both".into(),
+        )),
         (Some(m), None) if m.trim() == "*" => Ok(Some(Precondition::Exists)),
         (Some(m), None) => Ok(Some(Precondition::Revision(parse_etag(m)?))),
         (None, Some(n)) if n.trim() == "*" => Ok(Some(Precondition::Absent)),
@@ -163,7 +167,9 @@ pub fn write_precondition(headers: &HeaderMap) -> Result<Option<Precondition>, A
 /// `If-None-Match: "<revision>"` on a read: answer 304 if the key is still at that revision.
 pub fn read_precondition(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     if header_str(headers, "if-match")?.is_some() {
-        return Err(ApiError::InvalidHeader("If-Match is for writes; reads take If-None-Match".into()));
+        return Err(ApiError::InvalidHeader(
+            "If-Match is for writes; reads take If-None-Match".into(),
+        ));
     }
     header_str(headers, "if-none-match")?.map(parse_etag).transpose()
 }
@@ -200,8 +206,14 @@ mod tests {
     #[test]
     fn keys_decode_to_raw_bytes() {
         assert_eq!(key_from_path("/v1/kv/a/b").unwrap(), Bytes::from_static(b"a/b"));
-        assert_eq!(key_from_path("/v1/kv/%ff%00x").unwrap(), Bytes::from_static(b"\xff\x00x"));
-        assert_eq!(key_from_path("/v1/kv/hello%20world").unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(
+            key_from_path("/v1/kv/%ff%00x").unwrap(),
+            Bytes::from_static(b"\xff\x00x")
+        );
+        assert_eq!(
+            key_from_path("/v1/kv/hello%20world").unwrap(),
+            Bytes::from_static(b"hello world")
+        );
     }
 
     #[test]
@@ -217,7 +229,11 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        let q = parse_query(Some("consistency=stale&prefix=a%2Fb&limit=10"), &["consistency", "prefix", "limit"]).unwrap();
+        let q = parse_query(
+            Some("consistency=stale&prefix=a%2Fb&limit=10"),
+            &["consistency", "prefix", "limit"],
+        )
+        .unwrap();
         assert_eq!(q.consistency, Some(Consistency::Stale));
         assert_eq!(q.prefix, Some(Bytes::from_static(b"a/b")));
         assert_eq!(q.limit, Some(10));

@@ -16,8 +16,8 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::Mutex;
 
-use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin as pb;
+use crate::pb::admin::admin_client::AdminClient;
 use crate::transport::client::Network;
 use crate::transport::ClusterFence;
 use crate::types::{NodeAddr, NodeId, Raft};
@@ -37,7 +37,11 @@ pub enum AdminError {
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("forwarding to leader {leader} at {addr} failed: {message}")]
-    Forward { leader: NodeId, addr: String, message: String },
+    Forward {
+        leader: NodeId,
+        addr: String,
+        message: String,
+    },
     #[error("raft error: {0}")]
     Raft(String),
 }
@@ -179,14 +183,21 @@ impl Admin {
 
     /// Bootstraps a new cluster with `members` (this node among them). A node that already
     /// has state answers `Refused`: a second bootstrap must never create a second cluster.
-    pub async fn initialize(&self, members: Vec<pb::Member>, cluster_id: Option<String>) -> Result<pb::MembershipResponse, AdminError> {
+    pub async fn initialize(
+        &self,
+        members: Vec<pb::Member>,
+        cluster_id: Option<String>,
+    ) -> Result<pb::MembershipResponse, AdminError> {
         if members.is_empty() {
             return Err(AdminError::Invalid("initialize needs at least one member".into()));
         }
         let mut nodes = BTreeMap::new();
         for m in &members {
             if m.id == 0 || m.raft_addr.is_empty() || m.http_addr.is_empty() {
-                return Err(AdminError::Invalid(format!("member {} needs a non-zero id and both addresses", m.id)));
+                return Err(AdminError::Invalid(format!(
+                    "member {} needs a non-zero id and both addresses",
+                    m.id
+                )));
             }
             nodes.insert(
                 m.id,
@@ -197,14 +208,28 @@ impl Admin {
             );
         }
         if !nodes.contains_key(&self.id) {
-            return Err(AdminError::Invalid(format!("this node ({}) must be one of the initial members", self.id)));
+            return Err(AdminError::Invalid(format!(
+                "this node ({}) must be one of the initial members",
+                self.id
+            )));
         }
         let _guard = self.change_lock.lock().await;
-        if self.raft.is_initialized().await.map_err(|e| AdminError::Raft(e.to_string()))? {
-            return Err(AdminError::Refused("this node already belongs to a cluster; initialize is a no-op".into()));
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| AdminError::Raft(e.to_string()))?
+        {
+            return Err(AdminError::Refused(
+                "this node already belongs to a cluster; initialize is a no-op".into(),
+            ));
         }
-        let id = cluster_id.filter(|c| !c.is_empty()).unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        self.fence.adopt(&id).map_err(|e| AdminError::Raft(format!("cannot persist cluster id: {e}")))?;
+        let id = cluster_id
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        self.fence
+            .adopt(&id)
+            .map_err(|e| AdminError::Raft(format!("cannot persist cluster id: {e}")))?;
         self.raft.initialize(nodes).await.map_err(write_err)?;
         Ok(self.done(0, format!("initialized cluster {id} with {} member(s)", members.len())))
     }
@@ -268,7 +293,9 @@ impl Admin {
         loop {
             let m = crate::types::metrics(&self.raft);
             if m.state != ServerState::Leader {
-                return Err(AdminError::Raft("lost leadership while waiting for the learner to catch up; retry".into()));
+                return Err(AdminError::Raft(
+                    "lost leadership while waiting for the learner to catch up; retry".into(),
+                ));
             }
             let last = m.last_log_index.unwrap_or(0);
             if let Some(matched) = m.replication.as_ref().and_then(|r| r.get(&id)) {
@@ -281,8 +308,12 @@ impl Admin {
             }
             if Instant::now() >= deadline {
                 return Err(AdminError::Timeout(match lag {
-                    Some(l) => format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner"),
-                    None => format!("learner {id} has not been reached in {timeout:?}; check its raft address; it stays a learner"),
+                    Some(l) => {
+                        format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner")
+                    }
+                    None => format!(
+                        "learner {id} has not been reached in {timeout:?}; check its raft address; it stays a learner"
+                    ),
                 }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -321,14 +352,22 @@ impl Admin {
 
     /// Removing the leader: hand leadership to the most caught-up other voter, then let the
     /// new leader do the removal.
-    async fn transfer_then_forward_removal(&self, req: pb::RemoveMemberRequest, voters: &BTreeSet<NodeId>) -> Result<pb::MembershipResponse, AdminError> {
+    async fn transfer_then_forward_removal(
+        &self,
+        req: pb::RemoveMemberRequest,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<pb::MembershipResponse, AdminError> {
         let target = self
             .most_caught_up_voter(voters)
             .ok_or_else(|| AdminError::Refused("no other voter to hand leadership to".into()))?;
         self.transfer_leadership(target, Duration::from_secs(10)).await?;
         let (l, addr) = match self.route_patiently(Duration::from_secs(5)).await? {
             Route::Leader(l, addr) => (l, addr),
-            Route::Local => return Err(AdminError::Raft("leadership came back to the node being removed; retry".into())),
+            Route::Local => {
+                return Err(AdminError::Raft(
+                    "leadership came back to the node being removed; retry".into(),
+                ))
+            }
         };
         Ok(self.leader_client(l, &addr)?.remove_member(req).await?.into_inner())
     }
@@ -358,14 +397,19 @@ impl Admin {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(AdminError::Timeout(format!("leadership did not move to node {to} within {timeout:?}")));
+                return Err(AdminError::Timeout(format!(
+                    "leadership did not move to node {to} within {timeout:?}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Replaces the voter set (every id must already be a member).
-    pub async fn change_membership(&self, req: pb::ChangeMembershipRequest) -> Result<pb::MembershipResponse, AdminError> {
+    pub async fn change_membership(
+        &self,
+        req: pb::ChangeMembershipRequest,
+    ) -> Result<pb::MembershipResponse, AdminError> {
         if req.voters.is_empty() {
             return Err(AdminError::Invalid("the voter set cannot be empty".into()));
         }
@@ -406,7 +450,9 @@ pub fn check_voter_removal(voters: &BTreeSet<NodeId>, id: NodeId, force: bool) -
     }
     let n = voters.len();
     if n == 1 {
-        return Err(AdminError::Refused(format!("node {id} is the last voter; removing it would leave no cluster (use force to override)")));
+        return Err(AdminError::Refused(format!(
+            "node {id} is the last voter; removing it would leave no cluster (use force to override)"
+        )));
     }
     if tolerance(n) > 0 && tolerance(n - 1) == 0 {
         return Err(AdminError::Refused(format!(
@@ -433,9 +479,15 @@ mod tests {
 
     #[test]
     fn removal_rails() {
-        assert!(matches!(check_voter_removal(&set(&[1]), 1, false), Err(AdminError::Refused(_))));
+        assert!(matches!(
+            check_voter_removal(&set(&[1]), 1, false),
+            Err(AdminError::Refused(_))
+        ));
         assert!(check_voter_removal(&set(&[1]), 1, true).is_ok());
-        assert!(matches!(check_voter_removal(&set(&[1, 2, 3]), 3, false), Err(AdminError::Refused(_))));
+        assert!(matches!(
+            check_voter_removal(&set(&[1, 2, 3]), 3, false),
+            Err(AdminError::Refused(_))
+        ));
         assert!(check_voter_removal(&set(&[1, 2, 3]), 3, true).is_ok());
         assert!(check_voter_removal(&set(&[1, 2, 3, 4, 5]), 5, false).is_ok());
         assert!(check_voter_removal(&set(&[1, 2, 3, 4]), 4, false).is_ok());

@@ -19,17 +19,29 @@ impl AdminService {
 }
 
 fn pos(p: Option<super::status::LogPosition>) -> Option<pb::LogPosition> {
-    p.map(|p| pb::LogPosition { term: p.term, index: p.index })
+    p.map(|p| pb::LogPosition {
+        term: p.term,
+        index: p.index,
+    })
 }
 
 #[tonic::async_trait]
 impl AdminRpc for AdminService {
-    async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
-        let r = self.admin.initialize(req.into_inner().members, self.cluster_id.clone()).await?;
+    async fn initialize(
+        &self,
+        req: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = self
+            .admin
+            .initialize(req.into_inner().members, self.cluster_id.clone())
+            .await?;
         Ok(Response::new(r))
     }
 
-    async fn add_learner(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         Ok(Response::new(self.admin.add_learner(req.into_inner()).await?))
     }
 
@@ -37,11 +49,17 @@ impl AdminRpc for AdminService {
         Ok(Response::new(self.admin.add_voter(req.into_inner()).await?))
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         Ok(Response::new(self.admin.remove_member(req.into_inner()).await?))
     }
 
-    async fn change_membership(&self, req: Request<pb::ChangeMembershipRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         Ok(Response::new(self.admin.change_membership(req.into_inner()).await?))
     }
 

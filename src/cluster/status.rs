@@ -79,7 +79,11 @@ impl NodeStatus {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.as_ref().map_or(0, |l| l.index));
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.as_ref().map_or(0, |l| l.index));
                 let contact = m
                     .heartbeat
                     .as_ref()

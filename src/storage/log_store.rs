@@ -225,7 +225,7 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
                 }
                 WriteOp::Purge(upto, _) => {
                     log.retain_in(..=upto.index, |_, _| false).map_err(io_err)?;
-                    meta.insert(KEY_PURGED, encode(&Some(upto.clone()))?.as_slice())
+                    meta.insert(KEY_PURGED, encode(&Some(*upto))?.as_slice())
                         .map_err(io_err)?;
                 }
             }
@@ -316,7 +316,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.shared.vote.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(*self.shared.vote.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -345,19 +345,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged = self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let cached_last = self
-            .shared
-            .cache()
-            .entries
-            .last_key_value()
-            .map(|(_, (_, e))| e.log_id.clone());
+        let last_purged = *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner());
+        let cached_last = self.shared.cache().entries.last_key_value().map(|(_, (_, e))| e.log_id);
         let last = match cached_last {
             Some(id) => Some(id),
             None => self.reader().last_on_disk()?,
         };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }
@@ -367,7 +362,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let vote = vote.clone();
+        let vote = *vote;
         self.send_and_wait(|done| WriteOp::Vote(vote, done)).await
     }
 
@@ -424,7 +419,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let rest = cache.entries.split_off(&(log_id.index + 1));
             cache.entries = rest;
         }
-        let upto = log_id.clone();
+        let upto = log_id;
         self.send_and_wait(|done| WriteOp::Purge(upto, done)).await?;
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
         Ok(())

@@ -71,7 +71,10 @@ fn encode_value(revision: u64, value: &[u8]) -> Vec<u8> {
 
 fn decode_value(stored: &[u8]) -> io::Result<(u64, &[u8])> {
     if stored.len() < 8 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt value: shorter than its revision"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "corrupt value: shorter than its revision",
+        ));
     }
     let (rev, value) = stored.split_at(8);
     let mut b = [0u8; 8];
@@ -93,7 +96,11 @@ impl StateMachine {
         Self::open_with_observer(db_path, snapshot_dir, Arc::new(NoObserver))
     }
 
-    pub fn open_with_observer(db_path: &Path, snapshot_dir: &Path, observer: Arc<dyn StateObserver>) -> io::Result<Self> {
+    pub fn open_with_observer(
+        db_path: &Path,
+        snapshot_dir: &Path,
+        observer: Arc<dyn StateObserver>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir)?;
         // Leftovers of a snapshot build or transfer that a crash interrupted.
         for entry in std::fs::read_dir(snapshot_dir)? {
@@ -224,8 +231,9 @@ impl StateMachine {
                 let result = match entry.payload {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Membership(m) => {
-                        let stored = StoredMembership::new(Some(log_id.clone()), m);
-                        meta.insert(KEY_MEMBERSHIP, encode(&stored)?.as_slice()).map_err(io_err)?;
+                        let stored = StoredMembership::new(Some(log_id), m);
+                        meta.insert(KEY_MEMBERSHIP, encode(&stored)?.as_slice())
+                            .map_err(io_err)?;
                         CommandResult::None
                     }
                     EntryPayload::Normal(cmd) => apply_command(&mut kv, log_id.index, cmd)?,
@@ -233,7 +241,8 @@ impl StateMachine {
                 results.push(result);
                 last_applied = Some(log_id);
             }
-            meta.insert(KEY_APPLIED, encode(&last_applied)?.as_slice()).map_err(io_err)?;
+            meta.insert(KEY_APPLIED, encode(&last_applied)?.as_slice())
+                .map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         Ok(results)
@@ -252,7 +261,8 @@ impl StateMachine {
                     .map_err(io_err)?;
             }
             let mut m = txn.open_table(META).map_err(io_err)?;
-            m.insert(KEY_APPLIED, encode(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
+            m.insert(KEY_APPLIED, encode(&meta.last_log_id)?.as_slice())
+                .map_err(io_err)?;
             m.insert(KEY_MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
                 .map_err(io_err)?;
         }
@@ -282,7 +292,8 @@ fn apply_command(kv: &mut redb::Table<&[u8], &[u8]>, index: u64, cmd: Command) -
     }
     Ok(match cmd {
         Command::Put { key, value, .. } => {
-            kv.insert(key.as_ref(), encode_value(index, &value).as_slice()).map_err(io_err)?;
+            kv.insert(key.as_ref(), encode_value(index, &value).as_slice())
+                .map_err(io_err)?;
             CommandResult::Written { revision: index }
         }
         Command::Delete { key, .. } => {
@@ -427,7 +438,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let size = blocking(move || sm.install(&meta, &snapshot)).await?;
         self.inner.observer.snapshot_installed(size, started.elapsed());
-        tracing::info!(size_bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
+        tracing::info!(
+            size_bytes = size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 

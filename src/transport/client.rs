@@ -80,7 +80,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
         let client = self
             .channel(&node.raft_addr)
-            .map(|ch| RaftClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+            .map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20)
+            })
             .map_err(|e| e.to_string());
         Connection {
             target,
@@ -141,7 +145,13 @@ impl Connection {
     }
 
     /// One unary RPC: encode, call with a deadline, decode.
-    async fn unary<Req, Resp, F, Fut>(&mut self, req: &Req, option: &RPCOption, action: RPCTypes, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn unary<Req, Resp, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        action: RPCTypes,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -166,15 +176,20 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, RPCTypes::AppendEntries, |mut c, m| async move { c.append_entries(m).await })
-            .await
+        self.unary(&rpc, &option, RPCTypes::AppendEntries, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
     }
 
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
@@ -253,12 +268,27 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, RPCTypes::Vote, |mut c, m| async move { c.vote(m).await }).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, RPCTypes::Vote, |mut c, m| async move { c.vote(m).await })
+            .await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, RPCTypes::Vote, |mut c, m| async move { c.pre_vote(m).await }).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(
+            &rpc,
+            &option,
+            RPCTypes::Vote,
+            |mut c, m| async move { c.pre_vote(m).await },
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -335,7 +365,11 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         };
         match reader.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StreamingError::Network(network_err(format!("reading snapshot file: {e}")))),
+            Ok(Err(e)) => {
+                return Err(StreamingError::Network(network_err(format!(
+                    "reading snapshot file: {e}"
+                ))))
+            }
             Err(e) => return Err(StreamingError::Network(network_err(e))),
         }
         decode(&resp.into_inner().payload).map_err(|e| StreamingError::Network(network_err(e)))
@@ -346,8 +380,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&req, &option, RPCTypes::TransferLeader, |mut c, m| async move { c.transfer_leader(m).await })
-            .await
+        self.unary(&req, &option, RPCTypes::TransferLeader, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
     }
 
     fn backoff(&self) -> Option<Backoff> {

@@ -71,7 +71,10 @@ impl RaftRpc for RaftService {
 
     type StreamAppendStream = ResponseStream;
 
-    async fn stream_append(&self, req: Request<Streaming<RaftMessage>>) -> Result<Response<Self::StreamAppendStream>, Status> {
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let fence = self.fence.clone();
         let input = req.into_inner();
         // A request that cannot be decoded or belongs to another cluster ends the stream: the
@@ -96,10 +99,12 @@ impl RaftRpc for RaftService {
                 }
             });
         let out = self.raft.stream_append(requests).map(move |res| match res {
-            Ok(r) => encode(&r).map(|payload| RaftMessage {
-                cluster_id: fence.outgoing(),
-                payload: Bytes::from(payload),
-            }).map_err(|e| Status::internal(e.to_string())),
+            Ok(r) => encode(&r)
+                .map(|payload| RaftMessage {
+                    cluster_id: fence.outgoing(),
+                    payload: Bytes::from(payload),
+                })
+                .map_err(|e| Status::internal(e.to_string())),
             Err(e) => Err(fatal(e)),
         });
         Ok(Response::new(Box::pin(out)))
@@ -116,7 +121,8 @@ impl RaftRpc for RaftService {
         };
         self.fence.check(&header.cluster_id)?;
         let vote: Vote = decode(&header.vote).map_err(|e| Status::invalid_argument(format!("bad vote: {e}")))?;
-        let meta: SnapshotMeta = decode(&header.meta).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
+        let meta: SnapshotMeta =
+            decode(&header.meta).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
 
         let path = self.sm.incoming_snapshot_path();
         let result = receive_snapshot(&mut stream, &path, header.size_bytes).await;
@@ -143,7 +149,11 @@ impl RaftRpc for RaftService {
 
 /// Writes the data chunks to `path`, then verifies the whole file (format and checksum)
 /// before anyone trusts it.
-async fn receive_snapshot(stream: &mut Streaming<SnapshotChunk>, path: &std::path::Path, expected: u64) -> Result<(), Status> {
+async fn receive_snapshot(
+    stream: &mut Streaming<SnapshotChunk>,
+    path: &std::path::Path,
+    expected: u64,
+) -> Result<(), Status> {
     let io = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut received = 0u64;
@@ -153,11 +163,17 @@ async fn receive_snapshot(stream: &mut Streaming<SnapshotChunk>, path: &std::pat
                 received += data.len() as u64;
                 file.write_all(&data).map_err(io)?;
             }
-            _ => return Err(Status::invalid_argument("only data chunks may follow the snapshot header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "only data chunks may follow the snapshot header",
+                ))
+            }
         }
     }
     if received != expected {
-        return Err(Status::data_loss(format!("snapshot truncated: received {received} of {expected} bytes")));
+        return Err(Status::data_loss(format!(
+            "snapshot truncated: received {received} of {expected} bytes"
+        )));
     }
     let file = file.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;

@@ -195,7 +195,13 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let r = self.http.get(self.nodes[i].url("/v1/status")).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let r = self
+            .http
+            .get(self.nodes[i].url("/v1/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
         r.json().await.ok()
     }
 
@@ -213,7 +219,11 @@ impl Cluster {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} did not become ready within 60s", self.nodes[i].name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready within 60s",
+                self.nodes[i].name
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -224,7 +234,9 @@ impl Cluster {
         loop {
             if let Some(i) = self.leader_index().await {
                 if let Some(s) = self.status(i).await {
-                    let voters = s["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count());
+                    let voters = s["members"]
+                        .as_array()
+                        .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count());
                     if voters == n && s["joint"] == false {
                         return;
                     }
