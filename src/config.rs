@@ -36,6 +36,12 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Start a local cluster of N nodes (child processes) and stop it on Ctrl-C.
     Dev(DevArgs),
+    /// Administer a cluster through its admin gRPC service (any member will do).
+    Admin(crate::cli::admin::AdminArgs),
+    /// Read and write keys through the HTTP API (any member will do).
+    Kv(crate::cli::kv::KvArgs),
+    /// Seed the data directory of a new cluster's first node from a backup file.
+    Restore(crate::cli::restore::RestoreArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let is_node = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
@@ -22,12 +23,25 @@ fn main() -> ExitCode {
                 node.run_until_signal().await
             }
             Command::Dev(args) => raftkv::dev::run(args, &cli.log_level).await,
+            Command::Admin(args) => raftkv::cli::admin::run(args).await,
+            Command::Kv(args) => raftkv::cli::kv::run(args).await,
+            Command::Restore(args) => raftkv::cli::restore::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<raftkv::node::RemovedAtStart>().is_some() => {
+            eprintln!("raftkv: {e}");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.downcast_ref::<raftkv::cli::UsageError>().is_some() => {
+            eprintln!("raftkv: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
-            tracing::error!("{e:#}");
+            if is_node {
+                tracing::error!("{e:#}");
+            }
             eprintln!("raftkv: {e:#}");
             ExitCode::FAILURE
         }

@@ -2,7 +2,6 @@
 //! plus the start-up decisions (bootstrap, join, resume) and the shutdown sequence.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, ApiState, Limits};
+use crate::api::{self, ApiState, Limits, Stopping};
 use crate::cluster::service::AdminService;
 use crate::cluster::Admin;
 use crate::config::ServeArgs;
@@ -72,7 +71,9 @@ pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub admin: Admin,
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<Stopping>,
+    data_dir: std::path::PathBuf,
+    network: Network,
     shutdown_tx: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     handoff: Duration,
@@ -82,6 +83,9 @@ impl Node {
     /// Opens the data directory, starts Raft and both servers, and carries out `--bootstrap`
     /// or `--join` if asked to.
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Node> {
+        if let Some(note) = removed_marker(&args.data_dir) {
+            bail!(RemovedAtStart(note));
+        }
         let id = identity::resolve_node_id(&args.data_dir, args.id)?;
         let raft_adv = advertised(args.raft_addr, &args.advertise_raft_addr)?;
         let http_adv = advertised(args.http_addr, &args.advertise_http_addr)?;
@@ -97,7 +101,7 @@ impl Node {
         let raft = Raft::new(id, config, network.clone(), log_store, sm.clone())
             .await
             .context("starting Raft")?;
-        let admin = Admin::new(raft.clone(), id, fence.clone(), network);
+        let admin = Admin::new(raft.clone(), id, fence.clone(), network.clone(), sm.clone());
 
         let raft_listener = TcpListener::bind(args.raft_addr)
             .await
@@ -107,7 +111,7 @@ impl Node {
             .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(Stopping::default());
         let mut servers = Vec::new();
 
         let raft_svc = RaftServer::new(RaftService::new(raft.clone(), fence.clone(), sm.clone()))
@@ -159,6 +163,8 @@ impl Node {
             raft,
             admin,
             stopping,
+            data_dir: args.data_dir.clone(),
+            network,
             shutdown_tx,
             servers,
             handoff: Duration::from_millis(args.shutdown_handoff_ms),
@@ -204,8 +210,15 @@ impl Node {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let removed = watch_removal(self.raft.clone(), self.id, self.network.clone());
         let servers = futures::future::select_all(self.servers.iter_mut());
         tokio::select! {
+            why = removed => {
+                tracing::warn!("{why}; this node stops serving and exits");
+                self.stopping.removed();
+                let _ = std::fs::write(self.data_dir.join(REMOVED_MARKER), format!("{why}\n"));
+                return self.shutdown().await;
+            }
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
             (res, _, _) = servers => {
@@ -222,7 +235,7 @@ impl Node {
     /// Stops taking requests, hands leadership to another voter if this node leads, stops
     /// Raft (the log writer drains what is queued) and the servers.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stopping.shutting_down();
         if self.raft.is_leader() {
             let voters: std::collections::BTreeSet<NodeId> = self.raft.voter_ids().collect();
             match self.admin.most_caught_up_voter(&voters) {
@@ -246,6 +259,66 @@ impl Node {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Written to the data directory when the node learns it was removed, so that a restart
+/// (e.g. by a StatefulSet) exits at once instead of waiting forever to be a member again.
+const REMOVED_MARKER: &str = "removed";
+
+/// The node was removed from its cluster before this start.
+#[derive(Debug, thiserror::Error)]
+#[error("this node was removed from its cluster ({0}); wipe its data directory to join again as a new node")]
+pub struct RemovedAtStart(pub String);
+
+fn removed_marker(data_dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(REMOVED_MARKER))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Resolves once this node is sure it has been removed from the cluster.
+///
+/// A removed node may never receive the log entry that removes it (the leader stops
+/// replicating to it), so its own membership cannot be trusted to tell. Every few seconds it
+/// asks the members it knows for the leader's membership; once that is at least as new as its
+/// own and does not list it, it has been removed.
+async fn watch_removal(raft: Raft, id: NodeId, network: Network) -> String {
+    use crate::pb::admin::admin_client::AdminClient;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let m = crate::types::metrics(&raft);
+        let membership = m.membership_config.membership();
+        let known_index = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
+        if membership.nodes().next().is_none() {
+            continue; // not in any cluster yet
+        }
+        let mut peers: Vec<(NodeId, String)> = membership
+            .nodes()
+            .filter(|(n, _)| **n != id)
+            .map(|(n, a)| (*n, a.raft_addr.clone()))
+            .collect();
+        // Ask the leader first: its answer is authoritative.
+        peers.sort_by_key(|(n, _)| Some(*n) != m.current_leader);
+        for (_, addr) in peers {
+            let Ok(ch) = network.channel(&addr) else { continue };
+            let mut client = AdminClient::new(ch);
+            let call = client.members(crate::pb::admin::MembersRequest {});
+            let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), call).await else {
+                continue;
+            };
+            let resp = resp.into_inner();
+            if resp.joint || resp.membership_log_index < known_index {
+                break; // a change is in flight or the answer is older than what we know
+            }
+            if !resp.members.iter().any(|mem| mem.id == id) {
+                return format!(
+                    "node {id} is not in the cluster's membership (as of log index {}, leader {})",
+                    resp.membership_log_index, resp.leader_id
+                );
+            }
+            break;
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("this node has been removed from the cluster and no longer serves; use another member")]
+    Removed,
     #[error("forwarding to the leader failed: {0}")]
     BadGateway(String),
     #[error("no route for {0}")]
@@ -54,7 +56,9 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            ApiError::NoLeader(_) | ApiError::NotLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoLeader(_) | ApiError::NotLeader | ApiError::Unavailable(_) | ApiError::Removed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::NotLeader => "not_leader",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Removed => "removed",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::NoRoute(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -108,6 +113,14 @@ impl From<crate::cluster::AdminError> for ApiError {
             A::NoLeader | A::Forward { .. } => StatusCode::SERVICE_UNAVAILABLE,
             A::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             A::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            A::Leader(s) => match s.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         };
         ApiError::Admin(e.to_string(), status)
     }

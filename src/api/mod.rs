@@ -6,7 +6,7 @@ pub mod forward;
 pub mod kv;
 pub mod request;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,8 +53,38 @@ pub struct ApiState {
     pub admin: Admin,
     pub forwarder: Forwarder,
     pub limits: Limits,
-    /// Set on SIGTERM: new requests are refused while the node hands over and stops.
-    pub stopping: Arc<AtomicBool>,
+    /// Set on SIGTERM or removal: new requests are refused while the node stops.
+    pub stopping: Arc<Stopping>,
+}
+
+/// Whether (and why) a node is stopping.
+#[derive(Debug, Default)]
+pub struct Stopping(AtomicU8);
+
+impl Stopping {
+    const RUNNING: u8 = 0;
+    const SHUTTING_DOWN: u8 = 1;
+    const REMOVED: u8 = 2;
+
+    pub fn shutting_down(&self) {
+        let _ = self
+            .0
+            .compare_exchange(Self::RUNNING, Self::SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn removed(&self) {
+        self.0.store(Self::REMOVED, Ordering::SeqCst);
+    }
+
+    fn refusal(&self) -> Option<ApiError> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::SHUTTING_DOWN => Some(ApiError::Unavailable(
+                "this node is shutting down; use another node".into(),
+            )),
+            Self::REMOVED => Some(ApiError::Removed),
+            _ => None,
+        }
+    }
 }
 
 /// Who leads, as far as this node knows.
@@ -107,8 +137,10 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn refuse_when_stopping(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if state.stopping.load(Ordering::Relaxed) && req.uri().path() != "/healthz" {
-        return ApiError::Unavailable("this node is shutting down; use another node".into()).into_response();
+    if req.uri().path() != "/healthz" {
+        if let Some(refusal) = state.stopping.refusal() {
+            return refusal.into_response();
+        }
     }
     next.run(req).await
 }
@@ -166,7 +198,7 @@ async fn join(State(state): State<ApiState>, body: axum::body::Bytes) -> Result<
     let resp = if req.learner_only {
         state.admin.add_learner(add).await?
     } else {
-        state.admin.add_voter(add).await?
+        state.admin.add_voter(add, None).await?
     };
     Ok(Json(json!({ "log_index": resp.log_index, "message": resp.message })).into_response())
 }

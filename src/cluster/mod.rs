@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_client::AdminClient;
+use crate::storage::StateMachine;
 use crate::transport::client::Network;
 use crate::transport::ClusterFence;
 use crate::types::{NodeAddr, NodeId, Raft};
@@ -44,6 +45,9 @@ pub enum AdminError {
     },
     #[error("raft error: {0}")]
     Raft(String),
+    /// The leader's answer to a forwarded call, passed on unchanged.
+    #[error("{}", .0.message())]
+    Leader(tonic::Status),
 }
 
 impl From<AdminError> for tonic::Status {
@@ -56,20 +60,14 @@ impl From<AdminError> for tonic::Status {
             AdminError::NoLeader | AdminError::Forward { .. } => tonic::Status::unavailable(msg),
             AdminError::Timeout(_) => tonic::Status::deadline_exceeded(msg),
             AdminError::Raft(_) => tonic::Status::internal(msg),
+            AdminError::Leader(status) => status,
         }
     }
 }
 
 impl From<tonic::Status> for AdminError {
     fn from(s: tonic::Status) -> Self {
-        let msg = s.message().to_string();
-        match s.code() {
-            tonic::Code::InvalidArgument => AdminError::Invalid(msg),
-            tonic::Code::FailedPrecondition => AdminError::Refused(msg),
-            tonic::Code::DeadlineExceeded => AdminError::Timeout(msg),
-            tonic::Code::Unavailable => AdminError::Raft(msg),
-            _ => AdminError::Raft(format!("{}: {msg}", s.code())),
-        }
+        AdminError::Leader(s)
     }
 }
 
@@ -90,6 +88,7 @@ pub struct Admin {
     id: NodeId,
     fence: ClusterFence,
     network: Network,
+    sm: StateMachine,
     /// One membership change at a time on this node (openraft also refuses overlapping ones).
     change_lock: Arc<Mutex<()>>,
     started: Instant,
@@ -99,12 +98,13 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(raft: Raft, id: NodeId, fence: ClusterFence, network: Network) -> Self {
+    pub fn new(raft: Raft, id: NodeId, fence: ClusterFence, network: Network, sm: StateMachine) -> Self {
         Admin {
             raft,
             id,
             fence,
             network,
+            sm,
             change_lock: Arc::default(),
             started: Instant::now(),
             catch_up_lag: 64,
@@ -263,22 +263,48 @@ impl Admin {
         Ok(self.done(resp.log_id.index, format!("added node {} as learner", req.id)))
     }
 
-    /// Adds a learner, waits until it has caught up, then promotes it to voter.
-    pub async fn add_voter(&self, req: pb::AddMemberRequest) -> Result<pb::MembershipResponse, AdminError> {
+    /// Adds a learner, waits until it has caught up, then promotes it to voter, reporting each
+    /// stage on `progress` (a caller that is not listening does not slow it down).
+    pub async fn add_voter(
+        &self,
+        req: pb::AddMemberRequest,
+        progress: Option<mpsc::Sender<pb::AddVoterProgress>>,
+    ) -> Result<pb::MembershipResponse, AdminError> {
         validate_member(&req)?;
+        let report = |stage: &str, lag: u64, message: String| {
+            if let Some(p) = &progress {
+                let _ = p.try_send(pb::AddVoterProgress {
+                    stage: stage.to_string(),
+                    lag,
+                    message,
+                    result: None,
+                });
+            }
+        };
         if let Route::Leader(l, addr) = self.route_patiently(Duration::from_secs(5)).await? {
-            return Ok(self.leader_client(l, &addr)?.add_voter(req).await?.into_inner());
+            let mut stream = self.leader_client(l, &addr)?.add_voter(req).await?.into_inner();
+            while let Some(msg) = stream.message().await? {
+                match msg.result {
+                    Some(result) => return Ok(result),
+                    None => report(&msg.stage, msg.lag, msg.message),
+                }
+            }
+            return Err(AdminError::Raft(format!("leader {l} ended AddVoter without a result")));
         }
         let _guard = self.change_lock.lock().await;
         if self.raft.voter_ids().any(|v| v == req.id) {
             return Ok(self.done(0, format!("node {} is already a voter", req.id)));
         }
-        self.add_learner_locked(&req).await?;
+        let added = self.add_learner_locked(&req).await?;
+        report("learner_added", 0, added.message);
         let timeout = match req.catch_up_timeout_ms {
             0 => self.default_catch_up_timeout,
             ms => Duration::from_millis(ms),
         };
-        self.wait_caught_up(req.id, timeout).await?;
+        self.wait_caught_up(req.id, timeout, |lag| {
+            report("catching_up", lag, format!("learner {} is {lag} entries behind", req.id))
+        })
+        .await?;
         let resp = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
@@ -287,9 +313,10 @@ impl Admin {
         Ok(self.done(resp.log_id.index, format!("promoted node {} to voter", req.id)))
     }
 
-    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), AdminError> {
+    async fn wait_caught_up(&self, id: NodeId, timeout: Duration, on_lag: impl Fn(u64)) -> Result<(), AdminError> {
         let deadline = Instant::now() + timeout;
         let mut lag = None;
+        let mut last_report = Instant::now();
         loop {
             let m = crate::types::metrics(&self.raft);
             if m.state != ServerState::Leader {
@@ -305,12 +332,14 @@ impl Admin {
                     return Ok(());
                 }
                 lag = Some(behind);
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    on_lag(behind);
+                    last_report = Instant::now();
+                }
             }
             if Instant::now() >= deadline {
                 return Err(AdminError::Timeout(match lag {
-                    Some(l) => {
-                        format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner")
-                    }
+                    Some(l) => format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner"),
                     None => format!(
                         "learner {id} has not been reached in {timeout:?}; check its raft address; it stays a learner"
                     ),
@@ -423,6 +452,114 @@ impl Admin {
             other => write_err(other),
         })?;
         Ok(self.done(resp.log_id.index, format!("voters are now {:?}", req.voters)))
+    }
+}
+
+impl Admin {
+    /// Moves leadership to `to` (0: the most caught-up other voter), forwarded to the leader.
+    pub async fn transfer_leadership_to(&self, to: NodeId) -> Result<pb::TransferLeadershipResponse, AdminError> {
+        let req = pb::TransferLeadershipRequest { to };
+        if let Route::Leader(l, addr) = self.route_patiently(Duration::from_secs(5)).await? {
+            return Ok(self.leader_client(l, &addr)?.transfer_leadership(req).await?.into_inner());
+        }
+        let voters: BTreeSet<NodeId> = self.raft.voter_ids().collect();
+        let target = match to {
+            0 => self
+                .most_caught_up_voter(&voters)
+                .ok_or_else(|| AdminError::Refused("there is no other voter to hand leadership to".into()))?,
+            id if id == self.id => {
+                return Ok(pb::TransferLeadershipResponse {
+                    old_leader: self.id,
+                    new_leader: self.id,
+                })
+            }
+            id if !voters.contains(&id) => {
+                return Err(AdminError::Refused(format!("node {id} is not a voter; only voters can lead")))
+            }
+            id => id,
+        };
+        self.transfer_leadership(target, Duration::from_secs(10)).await?;
+        let new_leader = crate::types::metrics(&self.raft).current_leader.unwrap_or(0);
+        tracing::info!(to = target, new_leader, "leadership transferred");
+        Ok(pb::TransferLeadershipResponse {
+            old_leader: self.id,
+            new_leader,
+        })
+    }
+
+    /// The members with the leader's view of their progress (forwarded to the leader).
+    pub async fn members(&self) -> Result<pb::MembersResponse, AdminError> {
+        if let Route::Leader(l, addr) = self.route_patiently(Duration::from_secs(5)).await? {
+            return Ok(self.leader_client(l, &addr)?.members(pb::MembersRequest {}).await?.into_inner());
+        }
+        let s = self.status();
+        Ok(pb::MembersResponse {
+            leader_id: s.leader.unwrap_or(0),
+            membership_log_index: s.membership_log_index.unwrap_or(0),
+            joint: s.joint,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| pb::MemberStatus {
+                    leader: Some(m.id) == s.leader,
+                    id: m.id,
+                    raft_addr: m.raft_addr,
+                    http_addr: m.http_addr,
+                    voter: m.voter,
+                    matched_index: m.matched_index,
+                    lag: m.lag,
+                    last_contact_ms: m.last_contact_ms,
+                })
+                .collect(),
+        })
+    }
+
+    /// Takes a snapshot on this node now and waits (bounded) until it exists.
+    pub async fn snapshot(&self) -> Result<pb::SnapshotResponse, AdminError> {
+        let applied = crate::types::metrics(&self.raft).last_applied.map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| AdminError::Raft(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = crate::types::metrics(&self.raft);
+            if m.snapshot.is_some() && m.snapshot.map(|l| l.index) >= applied {
+                return Ok(pb::SnapshotResponse {
+                    snapshot: status::LogPosition::of(&m.snapshot).map(|p| pb::LogPosition {
+                        term: p.term,
+                        index: p.index,
+                    }),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(AdminError::Timeout("the snapshot did not complete within 60s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where a backup must be taken: `None` here (after a ReadIndex round), or the leader's
+    /// admin client to forward to.
+    pub async fn backup_route(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, AdminError> {
+        match self.route_patiently(Duration::from_secs(5)).await? {
+            Route::Leader(l, addr) => Ok(Some(self.leader_client(l, &addr)?)),
+            Route::Local => {
+                let read = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+                )
+                .await
+                .map_err(|_| AdminError::Timeout("could not confirm leadership for the backup".into()))?;
+                read.map_err(|e| AdminError::Raft(e.to_string()))?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
     }
 }
 

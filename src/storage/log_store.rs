@@ -147,6 +147,17 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Seeds an empty log for a node restored from a backup: the log starts after `last`
+    /// (as if everything up to it had been purged into the snapshot) with `vote` saved.
+    pub async fn seed_restored(&self, last: LogId, vote: Vote) -> io::Result<()> {
+        self.send_and_wait(|done| WriteOp::Purge(last, done)).await?;
+        *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        self.send(WriteOp::Committed(Some(last)))?;
+        self.send_and_wait(|done| WriteOp::Vote(vote, done)).await
+    }
+}
+
 /// The writer thread: drain, write one transaction, fsync once, acknowledge everything.
 fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<dyn CommitObserver>) {
     while let Ok(first) = rx.recv() {

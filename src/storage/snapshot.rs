@@ -42,19 +42,32 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Writes a snapshot file record by record; `finish` seals it with the count and checksum.
-pub struct SnapshotWriter {
-    out: BufWriter<File>,
+/// Writes a snapshot record by record; sealing it appends the count and checksum.
+pub struct SnapshotWriter<W: Write> {
+    out: W,
     crc: crc32fast::Hasher,
     count: u64,
     bytes: u64,
 }
 
-impl SnapshotWriter {
+impl SnapshotWriter<BufWriter<File>> {
     pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<Self> {
-        let file = File::create(path)?;
+        Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), meta)
+    }
+
+    /// Seals and fsyncs the file; returns its size in bytes.
+    pub fn finish(self) -> io::Result<u64> {
+        let (out, size) = self.seal()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(size)
+    }
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
         let mut w = SnapshotWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
+            out,
             crc: crc32fast::Hasher::new(),
             count: 0,
             bytes: 0,
@@ -83,16 +96,16 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Seals and fsyncs the file; returns its size in bytes.
-    pub fn finish(mut self) -> io::Result<u64> {
+    /// Appends the end marker, record count and checksum; returns the writer (flushed) and
+    /// the total size.
+    pub fn seal(mut self) -> io::Result<(W, u64)> {
         self.put(&[TAG_END])?;
         let count = self.count;
         self.put(&count.to_le_bytes())?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(self.bytes + 4)
+        self.out.flush()?;
+        Ok((self.out, self.bytes + 4))
     }
 }
 

@@ -21,6 +21,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 
 use super::codec::{decode, encode, io_err};
 use super::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter};
+
 use crate::types::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// key -> revision (u64 little-endian) followed by the value.
@@ -187,6 +188,19 @@ impl StateMachine {
         Ok(self.len()? == 0)
     }
 
+    /// Writes a consistent point-in-time copy of the state (the snapshot format) to `out`.
+    pub fn backup<W: std::io::Write>(&self, out: W) -> io::Result<(SnapshotMeta, u64)> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let (meta, _, size) = dump(&txn, out)?;
+        Ok((meta, size))
+    }
+
+    /// Replaces the state with the snapshot file at `path` (used by `raftkv restore`).
+    pub fn install_file(&self, meta: &SnapshotMeta, path: PathBuf) -> io::Result<u64> {
+        let data = SnapshotData::open(path)?;
+        self.install(meta, &data)
+    }
+
     /// Makes every commit so far durable.
     fn sync(&self) -> io::Result<()> {
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
@@ -303,6 +317,25 @@ fn apply_command(kv: &mut redb::Table<&[u8], &[u8]>, index: u64, cmd: Command) -
     })
 }
 
+/// Writes the state visible in `txn` in the snapshot format; returns its metadata, the
+/// writer, and the number of bytes written.
+fn dump<W: std::io::Write>(txn: &ReadTransaction, out: W) -> io::Result<(SnapshotMeta, W, u64)> {
+    let (applied, membership) = read_applied(txn)?;
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+    };
+    let mut w = SnapshotWriter::new(out, &meta)?;
+    let kv = txn.open_table(KV).map_err(io_err)?;
+    for item in kv.iter().map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        let (rev, value) = decode_value(v.value())?;
+        w.record(k.value(), rev, value)?;
+    }
+    let (out, size) = w.seal()?;
+    Ok((meta, out, size))
+}
+
 fn read_applied(txn: &ReadTransaction) -> io::Result<(Option<LogId>, StoredMembership)> {
     let meta = txn.open_table(META).map_err(io_err)?;
     let applied = match meta.get(KEY_APPLIED).map_err(io_err)? {
@@ -337,21 +370,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let sm = self.sm.clone();
         blocking(move || {
             let started = Instant::now();
-            let (applied, membership) = read_applied(&txn)?;
-            let meta = SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-            };
             let dir = &sm.inner.snapshot_dir;
             let tmp = dir.join(format!("build-{:016x}.tmp", rand::random::<u64>()));
-            let mut w = SnapshotWriter::create(&tmp, &meta)?;
-            let kv = txn.open_table(KV).map_err(io_err)?;
-            for item in kv.iter().map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                let (rev, value) = decode_value(v.value())?;
-                w.record(k.value(), rev, value)?;
-            }
-            let size = w.finish()?;
+            let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            let (meta, file, size) = dump(&txn, file)?;
+            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             let path = dir.join(snapshot_file_name(&meta));
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()?;
