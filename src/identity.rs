@@ -29,8 +29,8 @@ fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
 /// Errors of resolving a node's id.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path} holds {found:?}, which is not a node id (a non-zero unsigned integer)")]
     Corrupt { path: PathBuf, found: String },
     #[error(
@@ -50,9 +50,9 @@ pub enum IdentityError {
 /// result is stored before it is returned.
 pub fn resolve_node_id(data_dir: &Path, requested: Option<NodeId>) -> Result<NodeId, IdentityError> {
     let path = data_dir.join(NODE_ID_FILE);
-    let io_err = |source| IdentityError::Io {
+    let io_err = |error| IdentityError::Io {
         path: path.clone(),
-        source,
+        error,
     };
     if requested == Some(0) {
         return Err(IdentityError::Zero);

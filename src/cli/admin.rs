@@ -37,7 +37,11 @@ pub enum AdminCommand {
     /// This node's status: term, role, leader, log positions, snapshot, membership, uptime.
     Status,
     /// Add a node as a learner (non-voting).
-    AddLearner { id: u64, raft_addr: String, http_addr: String },
+    AddLearner {
+        id: u64,
+        raft_addr: String,
+        http_addr: String,
+    },
     /// Add a node as a learner, wait until it has caught up, then promote it to voter.
     AddVoter {
         id: u64,
@@ -67,7 +71,11 @@ pub enum AdminCommand {
 }
 
 async fn connect(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, String> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let ep = Endpoint::from_shared(uri)
         .map_err(|e| format!("bad endpoint: {e}"))?
         .connect_timeout(Duration::from_secs(2))
@@ -113,7 +121,8 @@ fn status_text(s: &tonic::Status) -> String {
 }
 
 fn pos(p: &Option<pb::LogPosition>) -> String {
-    p.as_ref().map_or("-".into(), |p| format!("{} (term {})", p.index, p.term))
+    p.as_ref()
+        .map_or("-".into(), |p| format!("{} (term {})", p.index, p.term))
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -163,11 +172,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             .await?;
             match out {
                 Output::Json => {
-                    let members: Vec<_> = r.members.iter().map(|m| json!({
-                        "id": m.id, "raft_addr": m.raft_addr, "http_addr": m.http_addr, "voter": m.voter,
-                        "leader": m.leader, "matched_index": m.matched_index, "lag": m.lag,
-                        "last_contact_ms": m.last_contact_ms,
-                    })).collect();
+                    let members: Vec<_> = r
+                        .members
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "id": m.id, "raft_addr": m.raft_addr, "http_addr": m.http_addr, "voter": m.voter,
+                                "leader": m.leader, "matched_index": m.matched_index, "lag": m.lag,
+                                "last_contact_ms": m.last_contact_ms,
+                            })
+                        })
+                        .collect();
                     println!(
                         "{}",
                         json!({"leader": r.leader_id, "membership_log_index": r.membership_log_index,
@@ -232,7 +247,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         vec!["cluster".into(), s.cluster_id.clone()],
                         vec!["role".into(), s.role.clone()],
                         vec!["term".into(), s.term.to_string()],
-                        vec!["leader".into(), if s.leader_id == 0 { "-".into() } else { s.leader_id.to_string() }],
+                        vec![
+                            "leader".into(),
+                            if s.leader_id == 0 {
+                                "-".into()
+                            } else {
+                                s.leader_id.to_string()
+                            },
+                        ],
                         vec!["last log".into(), opt(s.last_log.as_ref().map(|p| p.index))],
                         vec!["committed".into(), pos(&s.committed)],
                         vec!["applied".into(), pos(&s.applied)],
@@ -254,7 +276,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        AdminCommand::AddLearner { id, raft_addr, http_addr } => {
+        AdminCommand::AddLearner {
+            id,
+            raft_addr,
+            http_addr,
+        } => {
             let req = pb::AddMemberRequest {
                 id,
                 raft_addr,

@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 use super::{endpoints, table, Output, UsageError};
 
 /// Characters left as they are in a key path: unreserved ones and '/'.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 #[derive(Debug, Clone, Args)]
 pub struct KvArgs {
@@ -145,10 +150,19 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     let out = args.output;
     match args.command {
         KvCommand::Get { key, consistency } => {
-            let path = format!("/v1/kv/{}?consistency={}", utf8_percent_encode(&key, KEY_SET), consistency.as_str());
+            let path = format!(
+                "/v1/kv/{}?consistency={}",
+                utf8_percent_encode(&key, KEY_SET),
+                consistency.as_str()
+            );
             let (ep, r) = send(&client, &eps, |c, base| c.get(format!("{base}{path}"))).await?;
             let r = check(&ep, r).await?;
-            let revision = r.headers().get("x-raftkv-revision").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let revision = r
+                .headers()
+                .get("x-raftkv-revision")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let value = r.bytes().await?;
             match out {
                 Output::Json => {
@@ -224,7 +238,11 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
             let mut items: Vec<Value> = Vec::new();
             let mut start: Option<String> = None;
             loop {
-                let page = if limit == 0 { 1000 } else { (limit - items.len()).min(1000) };
+                let page = if limit == 0 {
+                    1000
+                } else {
+                    (limit - items.len()).min(1000)
+                };
                 let mut path = format!(
                     "/v1/kv?prefix={}&limit={page}&consistency={}",
                     utf8_percent_encode(&prefix, NON_ALPHANUMERIC),

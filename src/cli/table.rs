@@ -30,7 +30,10 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn columns_align() {
-        let t = super::render(&["ID", "ROLE"], &[vec!["1".into(), "leader".into()], vec!["123".into(), "voter".into()]]);
+        let t = super::render(
+            &["ID", "ROLE"],
+            &[vec!["1".into(), "leader".into()], vec!["123".into(), "voter".into()]],
+        );
         assert_eq!(t, "ID   ROLE\n1    leader\n123  voter");
     }
 }

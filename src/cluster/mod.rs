@@ -302,7 +302,11 @@ impl Admin {
             ms => Duration::from_millis(ms),
         };
         self.wait_caught_up(req.id, timeout, |lag| {
-            report("catching_up", lag, format!("learner {} is {lag} entries behind", req.id))
+            report(
+                "catching_up",
+                lag,
+                format!("learner {} is {lag} entries behind", req.id),
+            )
         })
         .await?;
         let resp = self
@@ -325,8 +329,9 @@ impl Admin {
                 ));
             }
             let last = m.last_log_index.unwrap_or(0);
-            if let Some(matched) = m.replication.as_ref().and_then(|r| r.get(&id)) {
-                let matched = matched.as_ref().map_or(0, |l| l.index);
+            // `None` means the learner has not acknowledged anything yet: not reached.
+            if let Some(Some(matched)) = m.replication.as_ref().and_then(|r| r.get(&id)) {
+                let matched = matched.index;
                 let behind = last.saturating_sub(matched);
                 if behind <= self.catch_up_lag {
                     return Ok(());
@@ -339,7 +344,9 @@ impl Admin {
             }
             if Instant::now() >= deadline {
                 return Err(AdminError::Timeout(match lag {
-                    Some(l) => format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner"),
+                    Some(l) => {
+                        format!("learner {id} is still {l} entries behind after {timeout:?}; it stays a learner")
+                    }
                     None => format!(
                         "learner {id} has not been reached in {timeout:?}; check its raft address; it stays a learner"
                     ),
@@ -460,7 +467,11 @@ impl Admin {
     pub async fn transfer_leadership_to(&self, to: NodeId) -> Result<pb::TransferLeadershipResponse, AdminError> {
         let req = pb::TransferLeadershipRequest { to };
         if let Route::Leader(l, addr) = self.route_patiently(Duration::from_secs(5)).await? {
-            return Ok(self.leader_client(l, &addr)?.transfer_leadership(req).await?.into_inner());
+            return Ok(self
+                .leader_client(l, &addr)?
+                .transfer_leadership(req)
+                .await?
+                .into_inner());
         }
         let voters: BTreeSet<NodeId> = self.raft.voter_ids().collect();
         let target = match to {
@@ -474,7 +485,9 @@ impl Admin {
                 })
             }
             id if !voters.contains(&id) => {
-                return Err(AdminError::Refused(format!("node {id} is not a voter; only voters can lead")))
+                return Err(AdminError::Refused(format!(
+                    "node {id} is not a voter; only voters can lead"
+                )))
             }
             id => id,
         };
@@ -490,7 +503,11 @@ impl Admin {
     /// The members with the leader's view of their progress (forwarded to the leader).
     pub async fn members(&self) -> Result<pb::MembersResponse, AdminError> {
         if let Route::Leader(l, addr) = self.route_patiently(Duration::from_secs(5)).await? {
-            return Ok(self.leader_client(l, &addr)?.members(pb::MembersRequest {}).await?.into_inner());
+            return Ok(self
+                .leader_client(l, &addr)?
+                .members(pb::MembersRequest {})
+                .await?
+                .into_inner());
         }
         let s = self.status();
         Ok(pb::MembersResponse {

@@ -71,7 +71,10 @@ impl Write for ChunkWriter {
 
 #[tonic::async_trait]
 impl AdminRpc for AdminService {
-    async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn initialize(
+        &self,
+        req: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = self
             .admin
             .initialize(req.into_inner().members, self.cluster_id.clone())
@@ -79,7 +82,10 @@ impl AdminRpc for AdminService {
         Ok(Response::new(r))
     }
 
-    async fn add_learner(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         Ok(Response::new(self.admin.add_learner(req.into_inner()).await?))
     }
 
@@ -116,7 +122,10 @@ impl AdminRpc for AdminService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         Ok(Response::new(self.admin.remove_member(req.into_inner()).await?))
     }
 
@@ -131,7 +140,9 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
-        Ok(Response::new(self.admin.transfer_leadership_to(req.into_inner().to).await?))
+        Ok(Response::new(
+            self.admin.transfer_leadership_to(req.into_inner().to).await?,
+        ))
     }
 
     async fn members(&self, _req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {

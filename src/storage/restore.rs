@@ -16,14 +16,14 @@ use crate::types::{LogId, Membership, NodeAddr, NodeId, SnapshotMeta, StoredMemb
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("backup {path} is unusable: {source}")]
-    BadBackup { path: PathBuf, source: std::io::Error },
+    #[error("backup {path} is unusable: {reason}")]
+    BadBackup { path: PathBuf, reason: std::io::Error },
     #[error("data directory {0} already holds a node; restore needs an empty or new directory")]
     NotEmpty(PathBuf),
-    #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Identity(identity::IdentityError),
     #[error("writing the restored node: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 /// What `restore` produced.
@@ -38,14 +38,20 @@ pub struct Restored {
 
 /// Checks a backup file end to end (format and checksum); returns its metadata and key count.
 pub fn verify_backup(path: &Path) -> Result<(SnapshotMeta, u64), RestoreError> {
-    let bad = |source| RestoreError::BadBackup {
+    let bad = |reason| RestoreError::BadBackup {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let reader = SnapshotReader::open(path).map_err(bad)?;
     let meta = reader.meta().clone();
     let keys = reader.verify().map_err(bad)?;
     Ok((meta, keys))
+}
+
+impl From<std::io::Error> for RestoreError {
+    fn from(e: std::io::Error) -> Self {
+        RestoreError::Io(e)
+    }
 }
 
 pub async fn restore(
@@ -61,8 +67,10 @@ pub async fn restore(
             return Err(RestoreError::NotEmpty(data_dir.to_path_buf()));
         }
     }
-    let id = identity::resolve_node_id(data_dir, Some(id))?;
-    let (term, index) = old_meta.last_log_id.map_or((1, 0), |l| (l.leader_id.term.max(1), l.index));
+    let id = identity::resolve_node_id(data_dir, Some(id)).map_err(RestoreError::Identity)?;
+    let (term, index) = old_meta
+        .last_log_id
+        .map_or((1, 0), |l| (l.leader_id.term.max(1), l.index));
     let last = LogId::new(openraft::vote::leader_id_adv::LeaderId::new(term, id), index);
     let membership = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, addr)]))
         .map_err(|e| RestoreError::Io(std::io::Error::other(e.to_string())))?;
@@ -76,9 +84,9 @@ pub async fn restore(
     std::fs::create_dir_all(&snapshots)?;
     let path = snapshots.join("restore.tmp.rkvs-in");
     {
-        let mut reader = SnapshotReader::open(backup).map_err(|source| RestoreError::BadBackup {
+        let mut reader = SnapshotReader::open(backup).map_err(|reason| RestoreError::BadBackup {
             path: backup.to_path_buf(),
-            source,
+            reason,
         })?;
         let mut w = SnapshotWriter::create(&path, &meta)?;
         while let Some(r) = reader.next_record()? {

@@ -162,7 +162,7 @@ impl<R: Read> SnapshotReader<R> {
     fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.input.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                invalid("snapshot is truncated")
+                invalid("snapshot is truncated or corrupt: the data ends early")
             } else {
                 e
             }

@@ -318,3 +318,112 @@ impl Cluster {
         }
     }
 }
+
+/// What a `raftkv` CLI invocation printed and how it exited.
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `raftkv` binary with `args` (and `stdin`, if given).
+pub async fn cli(args: &[&str], stdin: Option<&[u8]>) -> CliRun {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn raftkv cli");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input).await.expect("write stdin");
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("cli finished within 180s")
+        .expect("cli output");
+    CliRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Cluster {
+    /// Starts node `i` with no flags: it waits to be added by an admin call.
+    pub async fn start_unjoined(&mut self, i: usize) -> u64 {
+        self.start_with(i, &[]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(self.nodes[i].data_dir.join("node-id")) {
+                if let Ok(id) = s.trim().parse() {
+                    return id;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {i} wrote no node-id");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The raft (admin) addresses of nodes `idx`, comma-separated.
+    pub fn admin_endpoints(&self, idx: &[usize]) -> String {
+        idx.iter()
+            .map(|i| self.nodes[*i].raft_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A writer that puts unique keys through the given HTTP addresses until stopped, and
+/// remembers which writes were acknowledged.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: tokio::task::JoinHandle<(Vec<(String, String)>, usize)>,
+}
+
+impl Writer {
+    pub fn start(http_addrs: Vec<String>, prefix: &str) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let prefix = prefix.to_string();
+        let handle = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client");
+            let mut acked = Vec::new();
+            let mut failed = 0;
+            let mut n = 0usize;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("{prefix}{n:06}");
+                let value = format!("value-{n}");
+                let addr = &http_addrs[n % http_addrs.len()];
+                let ok = client
+                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    acked.push((key, value));
+                } else {
+                    failed += 1;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, failed)
+        });
+        Writer { stop, handle }
+    }
+
+    /// Stops the writer; returns the acknowledged writes and the number of failed ones.
+    pub async fn stop(self) -> (Vec<(String, String)>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.await.expect("writer task")
+    }
+}
