@@ -24,4 +24,5 @@ pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod logging;
+pub mod metrics;
 pub mod node;

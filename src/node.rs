@@ -9,12 +9,14 @@ use anyhow::{bail, Context};
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::api::{self, ApiState, Limits, Stopping};
 use crate::cluster::service::AdminService;
 use crate::cluster::Admin;
 use crate::config::ServeArgs;
 use crate::identity::{self, ClusterIdFile};
+use crate::metrics::Metrics;
 use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::admin::Member;
 use crate::pb::raft::raft_server::RaftServer;
@@ -75,6 +77,7 @@ pub struct Node {
     data_dir: std::path::PathBuf,
     network: Network,
     shutdown_tx: watch::Sender<bool>,
+    span: tracing::Span,
     servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     handoff: Duration,
 }
@@ -87,21 +90,26 @@ impl Node {
             bail!(RemovedAtStart(note));
         }
         let id = identity::resolve_node_id(&args.data_dir, args.id)?;
+        let span = tracing::info_span!("node", id);
+        Self::start_as(args, id, span.clone()).instrument(span).await
+    }
+
+    async fn start_as(args: &ServeArgs, id: NodeId, span: tracing::Span) -> anyhow::Result<Node> {
         let raft_adv = advertised(args.raft_addr, &args.advertise_raft_addr)?;
         let http_adv = advertised(args.http_addr, &args.advertise_http_addr)?;
-        let span = tracing::info_span!("node", id);
-        let _enter = span.enter();
         tracing::info!(data_dir = %args.data_dir.display(), raft = %raft_adv, http = %http_adv, "starting");
 
-        let (log_store, sm) = storage::open(&args.data_dir)
+        let metrics = Metrics::new(id, &args.data_dir).context("registering metrics")?;
+        let (log_store, sm) = storage::open_observed(&args.data_dir, metrics.clone())
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
         let fence = ClusterFence::new(ClusterIdFile::new(&args.data_dir)).context("reading the cluster id")?;
-        let network = Network::new(fence.clone());
+        let network = Network::new(fence.clone()).with_metrics(metrics.clone());
         let config = Arc::new(raft_config(args)?);
         let raft = Raft::new(id, config, network.clone(), log_store, sm.clone())
             .await
             .context("starting Raft")?;
         let admin = Admin::new(raft.clone(), id, fence.clone(), network.clone(), sm.clone());
+        tokio::spawn(crate::metrics::follow_raft(metrics.clone(), raft.clone()).instrument(span.clone()));
 
         let raft_listener = TcpListener::bind(args.raft_addr)
             .await
@@ -119,22 +127,25 @@ impl Node {
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let admin_svc = AdminServer::new(AdminService::new(admin.clone(), args.cluster_id.clone()));
         let mut rx = shutdown_rx.clone();
-        servers.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .initial_connection_window_size(4 << 20)
-                .initial_stream_window_size(2 << 20)
-                .add_service(raft_svc)
-                .add_service(admin_svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
-                    async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    },
-                )
-                .await
-                .context("raft gRPC server failed")
-        }));
+        servers.push(tokio::spawn(
+            async move {
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .initial_connection_window_size(4 << 20)
+                    .initial_stream_window_size(2 << 20)
+                    .add_service(raft_svc)
+                    .add_service(admin_svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+                        async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        },
+                    )
+                    .await
+                    .context("raft gRPC server failed")
+            }
+            .instrument(span.clone()),
+        ));
 
         let state = ApiState {
             id,
@@ -147,16 +158,20 @@ impl Node {
                 request_timeout: Duration::from_millis(args.request_timeout_ms),
             },
             stopping: stopping.clone(),
+            metrics,
         };
         let mut rx = shutdown_rx.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(http_listener, api::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-                .context("HTTP server failed")
-        }));
+        servers.push(tokio::spawn(
+            async move {
+                axum::serve(http_listener, api::router(state))
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .context("HTTP server failed")
+            }
+            .instrument(span.clone()),
+        ));
 
         let node = Node {
             id,
@@ -166,6 +181,7 @@ impl Node {
             data_dir: args.data_dir.clone(),
             network,
             shutdown_tx,
+            span: span.clone(),
             servers,
             handoff: Duration::from_millis(args.shutdown_handoff_ms),
         };
@@ -178,7 +194,7 @@ impl Node {
                 http_addr: http_adv.clone(),
                 voter: !args.join_as_learner,
             };
-            tokio::spawn(join(node.raft.clone(), me, args.join.clone()));
+            tokio::spawn(join(node.raft.clone(), me, args.join.clone()).instrument(span.clone()));
         } else if !node.raft.is_initialized().await? {
             tracing::info!("no cluster state yet: waiting to be added to a cluster (admin AddLearner/AddVoter)");
         }
@@ -206,11 +222,16 @@ impl Node {
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down cleanly.
-    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let span = self.span.clone();
+        self.run(span.clone()).instrument(span).await
+    }
+
+    async fn run(mut self, span: tracing::Span) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let removed = watch_removal(self.raft.clone(), self.id, self.network.clone());
+        let removed = watch_removal(self.raft.clone(), self.id, self.network.clone()).instrument(span);
         let servers = futures::future::select_all(self.servers.iter_mut());
         tokio::select! {
             why = removed => {

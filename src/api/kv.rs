@@ -111,12 +111,18 @@ where
                     Ok(resp) => {
                         let (not_leader, resp) = is_not_leader(resp).await;
                         if !not_leader {
+                            state.metrics.forwarded.with_label_values(&["ok"]).inc();
                             return Ok(resp);
                         }
+                        state.metrics.forwarded.with_label_values(&["not_leader"]).inc();
                         last_error = format!("node at {http_addr} is no longer the leader");
                     }
-                    Err(ForwardError::NotSent(e)) => last_error = format!("leader at {http_addr} unreachable: {e}"),
+                    Err(ForwardError::NotSent(e)) => {
+                        state.metrics.forwarded.with_label_values(&["unreachable"]).inc();
+                        last_error = format!("leader at {http_addr} unreachable: {e}")
+                    }
                     Err(ForwardError::Unknown(e)) => {
+                        state.metrics.forwarded.with_label_values(&["error"]).inc();
                         return Err(ApiError::BadGateway(format!(
                             "{http_addr}: {e}; the outcome is unknown"
                         )));

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::cluster::status::not_ready_reason;
 use crate::cluster::Admin;
+use crate::metrics::Metrics;
 use crate::pb::admin::AddMemberRequest;
 use crate::storage::StateMachine;
 use crate::types::{NodeId, Raft};
@@ -55,6 +56,7 @@ pub struct ApiState {
     pub limits: Limits,
     /// Set on SIGTERM or removal: new requests are refused while the node stops.
     pub stopping: Arc<Stopping>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Whether (and why) a node is stopping.
@@ -121,9 +123,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/cluster/join", post(join))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), refuse_when_stopping))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let v = node_header.clone();
             async move {
@@ -143,6 +147,39 @@ async fn refuse_when_stopping(State(state): State<ApiState>, req: Request, next:
         }
     }
     next.run(req).await
+}
+
+/// Counts and times every request by its route template (never the raw path: keys would make
+/// the label set unbounded).
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn no_route(req: Request) -> ApiError {

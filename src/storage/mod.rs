@@ -16,6 +16,10 @@ pub mod state_machine;
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+
+use log_store::CommitObserver;
+use state_machine::StateObserver;
 
 pub use log_store::LogStore;
 pub use snapshot::SnapshotData;
@@ -26,5 +30,16 @@ pub fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachine)> {
     std::fs::create_dir_all(data_dir)?;
     let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
     let sm = StateMachine::open(&data_dir.join("state.redb"), &data_dir.join("snapshots"))?;
+    Ok((log, sm))
+}
+
+/// Like [`open`], reporting group commits, applies and snapshots to `observer`.
+pub fn open_observed<O: CommitObserver + StateObserver>(
+    data_dir: &Path,
+    observer: Arc<O>,
+) -> io::Result<(LogStore, StateMachine)> {
+    std::fs::create_dir_all(data_dir)?;
+    let log = LogStore::open_with_observer(&data_dir.join("raft-log.redb"), observer.clone())?;
+    let sm = StateMachine::open_with_observer(&data_dir.join("state.redb"), &data_dir.join("snapshots"), observer)?;
     Ok((log, sm))
 }

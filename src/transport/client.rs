@@ -4,7 +4,7 @@
 //! `Unreachable` (see [`Connection::backoff`]). Every RPC is bounded by the timeout openraft
 //! gives it, so a dead peer never stalls replication to the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::ClusterFence;
+use crate::metrics::Metrics;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk, SnapshotHeader};
 use crate::storage::codec::{decode, encode};
@@ -41,6 +42,7 @@ pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 #[derive(Clone)]
 pub struct Network {
     fence: ClusterFence,
+    metrics: Option<Arc<Metrics>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
 }
@@ -49,9 +51,16 @@ impl Network {
     pub fn new(fence: ClusterFence) -> Self {
         Network {
             fence,
+            metrics: None,
             channels: Arc::default(),
             connect_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Reports every Raft RPC to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The channel to `addr`, created lazily and shared by every user of this peer.
@@ -90,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client,
             fence: self.fence.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -100,6 +110,17 @@ pub struct Connection {
     /// An invalid address is reported by every RPC rather than at construction.
     client: Result<RaftClient<Channel>, String>,
     fence: ClusterFence,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The result label of an RPC.
+fn result_label<T>(r: &Result<T, RPCError<TypeConfig>>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(RPCError::Timeout(_)) => "timeout",
+        Err(RPCError::Unreachable(_)) => "unreachable",
+        Err(_) => "error",
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +133,15 @@ fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
 
 fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
     NetworkError::new(&TransportError(e.to_string()))
+}
+
+fn method_label(action: RPCTypes) -> &'static str {
+    match action {
+        RPCTypes::Vote => "vote",
+        RPCTypes::AppendEntries => "append_entries",
+        RPCTypes::InstallSnapshot => "install_snapshot",
+        RPCTypes::TransferLeader => "transfer_leader",
+    }
 }
 
 /// Transport failures (no connection) make openraft back off; anything else is a network
@@ -146,6 +176,28 @@ impl Connection {
 
     /// One unary RPC: encode, call with a deadline, decode.
     async fn unary<Req, Resp, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        action: RPCTypes,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let started = std::time::Instant::now();
+        let result = self.unary_inner(req, option, action, call).await;
+        if let Some(m) = &self.metrics {
+            let elapsed = result.is_ok().then(|| started.elapsed());
+            m.rpc(self.target, method_label(action), result_label(&result), elapsed);
+        }
+        result
+    }
+
+    async fn unary_inner<Req, Resp, F, Fut>(
         &mut self,
         req: &Req,
         option: &RPCOption,
@@ -204,15 +256,23 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let mut client = self.client()?;
             let cluster_id = self.fence.outgoing();
             // Requests sent and not yet answered: a response is overdue only while some are.
+            // Their send times, in order, give each response's round-trip time.
             let outstanding = Arc::new(AtomicI64::new(0));
+            let sent_at: Arc<Mutex<VecDeque<std::time::Instant>>> = Arc::default();
             let sent = outstanding.clone();
+            let sent_times = sent_at.clone();
             let requests = input.filter_map(move |req| {
                 let cluster_id = cluster_id.clone();
                 let sent = sent.clone();
+                let sent_times = sent_times.clone();
                 async move {
                     match encode(&req) {
                         Ok(payload) => {
                             sent.fetch_add(1, Ordering::SeqCst);
+                            sent_times
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_back(std::time::Instant::now());
                             Some(RaftMessage {
                                 cluster_id,
                                 payload: Bytes::from(payload),
@@ -234,8 +294,11 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let responses = resp.into_inner();
             // A peer that stops answering must not hold the stream open forever: while requests
             // are outstanding, each response must arrive within the soft TTL.
+            let metrics = self.metrics.clone();
             let out = futures::stream::unfold(Some(responses), move |state| {
                 let outstanding = outstanding.clone();
+                let sent_at = sent_at.clone();
+                let metrics = metrics.clone();
                 async move {
                     let mut responses = state?;
                     let next = loop {
@@ -253,7 +316,15 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                             }
                         }
                     };
-                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                    if next.is_some() {
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                        let started = sent_at.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                        if let Some(m) = &metrics {
+                            let ok = matches!(next, Some(Ok(_)));
+                            let rtt = started.filter(|_| ok).map(|t| t.elapsed());
+                            m.rpc(target, "append_entries_stream", if ok { "ok" } else { "error" }, rtt);
+                        }
+                    }
                     match next {
                         None => None,
                         Some(Err(status)) => Some((Err(status_err(status)), None)),
@@ -292,6 +363,53 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     }
 
     async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let started = std::time::Instant::now();
+        let target = self.target;
+        let metrics = self.metrics.clone();
+        let result = self.send_snapshot(vote, snapshot, cancel, option).await;
+        if let Some(m) = metrics {
+            let label = if result.is_ok() { "ok" } else { "error" };
+            m.rpc(
+                target,
+                "install_snapshot",
+                label,
+                result.is_ok().then(|| started.elapsed()),
+            );
+        }
+        result
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&req, &option, RPCTypes::TransferLeader, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // 50 ms doubling to 2 s: a restarted peer is picked up quickly, a dead one costs little.
+        let mut delay = Duration::from_millis(50);
+        Some(Backoff::new(std::iter::from_fn(move || {
+            let d = delay;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            Some(d)
+        })))
+    }
+}
+
+impl Connection {
+    /// Streams a snapshot file: a header, then the data in chunks read as gRPC drains them.
+    async fn send_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
@@ -373,26 +491,5 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             Err(e) => return Err(StreamingError::Network(network_err(e))),
         }
         decode(&resp.into_inner().payload).map_err(|e| StreamingError::Network(network_err(e)))
-    }
-
-    async fn transfer_leader(
-        &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&req, &option, RPCTypes::TransferLeader, |mut c, m| async move {
-            c.transfer_leader(m).await
-        })
-        .await
-    }
-
-    fn backoff(&self) -> Option<Backoff> {
-        // 50 ms doubling to 2 s: a restarted peer is picked up quickly, a dead one costs little.
-        let mut delay = Duration::from_millis(50);
-        Some(Backoff::new(std::iter::from_fn(move || {
-            let d = delay;
-            delay = (delay * 2).min(Duration::from_secs(2));
-            Some(d)
-        })))
     }
 }

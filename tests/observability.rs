@@ -1,0 +1,354 @@
+//! Metrics as users see them: promtool-clean exposition, a real Prometheus scraping a real
+//! cluster, and a dashboard whose every query refers to metrics that a live node exposes.
+//!
+//! Needs Debian's `prometheus` package (`prometheus` and `promtool`); `scripts/test.sh`
+//! installs it.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{cli, free_port, Cluster};
+use serde_json::Value;
+
+fn tool(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's prometheus package (scripts/test.sh does)");
+}
+
+/// Metric names (with histogram series names) in an exposition.
+fn exposed_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                names.insert(name.to_string());
+                if kind == "histogram" || kind == "summary" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+async fn scrape(c: &Cluster, i: usize) -> String {
+    let r = c
+        .http
+        .get(c.nodes[i].url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("metrics body")
+}
+
+async fn exercise(c: &Cluster) {
+    for k in 0..30 {
+        c.put_ok(k % 3, &format!("m{k}"), "v").await;
+        c.get(k % 3, &format!("m{k}"), "linearizable").await;
+    }
+    let _ = c.http.get(c.nodes[0].url("/v1/kv/nope")).send().await;
+    let r = cli(&["admin", "--endpoint", &c.admin_endpoints(&[0]), "snapshot"], None).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
+    let c = Cluster::start(3, &[]).await;
+    exercise(&c).await;
+    let leader = c.leader_index().await.expect("leader");
+    for i in 0..3 {
+        let text = scrape(&c, i).await;
+        let mut child = Command::new(tool("promtool"))
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes()).expect("feed promtool");
+        let out = child.wait_with_output().expect("promtool output");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool on node {i}: {report}"
+        );
+
+        let names = exposed_names(&text);
+        for required in [
+            "raftkv_raft_has_leader",
+            "raftkv_raft_is_leader",
+            "raftkv_raft_term",
+            "raftkv_raft_leader_changes_seen_total",
+            "raftkv_raft_commit_index",
+            "raftkv_raft_applied_index",
+            "raftkv_raft_last_log_index",
+            "raftkv_raft_purged_index",
+            "raftkv_raft_snapshot_index",
+            "raftkv_raft_proposals_committed_total",
+            "raftkv_raft_proposals_failed_total",
+            "raftkv_raft_proposals_pending",
+            "raftkv_raft_members",
+            "raftkv_raft_elections_started_total",
+            "raftkv_storage_log_append_duration_seconds",
+            "raftkv_storage_log_append_batch_entries",
+            "raftkv_storage_apply_duration_seconds",
+            "raftkv_storage_entries_applied_total",
+            "raftkv_storage_db_size_bytes",
+            "raftkv_snapshot_build_duration_seconds",
+            "raftkv_snapshot_install_duration_seconds",
+            "raftkv_snapshot_size_bytes",
+            "raftkv_http_requests_total",
+            "raftkv_http_request_duration_seconds",
+            "raftkv_http_forwarded_total",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(names.contains(required), "node {i} lacks {required}");
+        }
+        if i == leader {
+            for required in [
+                "raftkv_raft_peer_matched_index",
+                "raftkv_raft_peer_lag_entries",
+                "raftkv_raft_peer_last_contact_seconds",
+                "raftkv_grpc_raft_rpcs_total",
+                "raftkv_grpc_raft_rpc_duration_seconds",
+            ] {
+                assert!(names.contains(required), "leader lacks {required}");
+            }
+        }
+        // Labels stay bounded: no key, address or free-form label anywhere.
+        let allowed: BTreeSet<&str> = [
+            "route", "method", "code", "peer", "role", "db", "reason", "result", "node_id", "version", "le",
+        ]
+        .into();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(labels) = line
+                .split_once('{')
+                .and_then(|(_, r)| r.split_once('}'))
+                .map(|(l, _)| l)
+            {
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let name = pair.split('=').next().unwrap_or("").trim();
+                    assert!(allowed.contains(name), "unexpected label {name:?} in {line}");
+                }
+            }
+            assert!(!line.contains("/v1/kv/m"), "a key leaked into a label: {line}");
+        }
+    }
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts a Prometheus that scrapes `targets` every second, labelled as one cluster.
+    async fn start(dir: &std::path::Path, targets: &[String]) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: raftkv\n    \
+                 static_configs:\n      - targets: [{list}]\n        labels:\n          namespace: local\n          cluster: test\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
+        let child = Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = p
+                .http
+                .get(format!("{}/-/ready", p.url))
+                .send()
+                .await
+                .map(|r| r.status().is_success());
+            if ready.unwrap_or(false) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready within 30s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An instant query; returns the API's answer (status and data).
+    async fn query(&self, q: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", q)])
+            .send()
+            .await
+            .expect("query prometheus")
+            .json()
+            .await
+            .expect("prometheus answers JSON")
+    }
+
+    /// Values of an instant vector query.
+    async fn values(&self, q: &str) -> Vec<f64> {
+        let v = self.query(q).await;
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|s| s["value"][1].as_str()?.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    async fn wait_for(&self, q: &str, ok: impl Fn(&[f64]) -> bool) -> Vec<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.values(q).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} never satisfied the condition; last {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Every `expr` in the dashboard, with the template variables set for the test cluster.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/raftkv.json"))
+        .expect("read the dashboard");
+    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("expr").to_string();
+            let expr = expr
+                .replace("$namespace", "local")
+                .replace("$cluster", "test")
+                .replace("$__rate_interval", "15s");
+            out.push((panel["title"].as_str().unwrap_or("").to_string(), expr));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_cluster_and_the_dashboard_queries_work() {
+    let c = Cluster::start(3, &[]).await;
+    let targets: Vec<String> = c.nodes.iter().map(|n| n.http_addr.clone()).collect();
+    let prom = Prometheus::start(c.dir.path(), &targets).await;
+
+    prom.wait_for("up{job=\"raftkv\"}", |v| v.len() == 3 && v.iter().all(|x| *x == 1.0))
+        .await;
+    let leaders = prom.wait_for("raftkv_raft_is_leader == 1", |v| !v.is_empty()).await;
+    assert_eq!(leaders.len(), 1, "exactly one node reports is_leader");
+    assert_eq!(prom.values("sum(raftkv_raft_has_leader)").await, vec![3.0]);
+
+    // Writes show up as a rate.
+    let writer = common::Writer::start(targets.clone(), "p");
+    exercise(&c).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    prom.wait_for(
+        "sum(rate(raftkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"PUT\"}[15s]))",
+        |v| v.first().is_some_and(|x| *x > 0.0),
+    )
+    .await;
+    prom.wait_for("max(rate(raftkv_raft_proposals_committed_total[15s]))", |v| {
+        v.first().is_some_and(|x| *x > 0.0)
+    })
+    .await;
+    writer.stop().await;
+
+    // Every dashboard query parses and names only metrics a live node exposes.
+    let mut exposed = BTreeSet::new();
+    for i in 0..3 {
+        exposed.extend(exposed_names(&scrape(&c, i).await));
+    }
+    let name_re = |expr: &str| -> Vec<String> {
+        let mut names = Vec::new();
+        let bytes = expr.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let quoted = start > 0 && bytes[start - 1] == b'"';
+            if !quoted && (word.starts_with("raftkv_") || word.starts_with("process_")) {
+                names.push(word.to_string());
+            }
+            if i == start {
+                i += 1;
+            }
+        }
+        names
+    };
+    let mut with_data: HashMap<String, bool> = HashMap::new();
+    for (title, expr) in dashboard_queries() {
+        for name in name_re(&expr) {
+            assert!(
+                exposed.contains(&name),
+                "panel {title:?} uses {name}, which no node exposes"
+            );
+        }
+        let v = prom.query(&expr).await;
+        assert_eq!(v["status"], "success", "panel {title:?}: {expr}: {v}");
+        let has = v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+        *with_data.entry(title).or_default() |= has;
+    }
+    for title in [
+        "Leader",
+        "Nodes with a leader",
+        "Term",
+        "Members",
+        "Requests per second",
+        "Write latency (PUT)",
+        "Commit vs applied index",
+        "Replication lag per follower (entries)",
+        "Log fsync latency (group commit)",
+        "Database size",
+        "Resident memory",
+    ] {
+        assert_eq!(with_data.get(title), Some(&true), "panel {title:?} shows no data");
+    }
+}
