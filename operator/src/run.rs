@@ -1,0 +1,186 @@
+//! The operator process: flags, the health/metrics server, leader election, the controller.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Client, ResourceExt};
+
+use crate::crd::RaftCluster;
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::OperatorMetrics;
+use crate::nodes::GrpcNodes;
+use crate::reconcile::{self, AddressMode, Context};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Watch RaftClusters in this namespace only (default: all namespaces).
+    #[arg(long, env = "RAFTKV_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The cluster's DNS domain, used in pod addresses.
+    #[arg(long, env = "RAFTKV_OPERATOR_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How to reach a pod's admin port.
+    #[arg(long, env = "RAFTKV_OPERATOR_ADDRESS_MODE", value_enum, default_value_t = AddressMode::Dns)]
+    pub address_mode: AddressMode,
+    /// Listen address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RAFTKV_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease (needed when running more than one replica).
+    #[arg(long, env = "RAFTKV_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(long, env = "RAFTKV_OPERATOR_LEASE_NAME", default_value = "raftkv-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: this pod's namespace, or "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: the pod name or hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Timeout of each admin call to a node (seconds).
+    #[arg(long, default_value_t = 15)]
+    pub node_timeout: u64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| format!("raftkv-operator-{}", std::process::id()))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster config or kubeconfig)")?;
+    let metrics = Arc::new(OperatorMetrics::new().context("registering metrics")?);
+    let ready = Arc::new(AtomicBool::new(false));
+    serve_http(args.metrics_addr, metrics.clone(), ready.clone()).await?;
+
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    if args.leader_election {
+        let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
+        let cfg = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: lease_ns.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(15),
+        };
+        let api: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(identity = %identity, lease = %cfg.name, "waiting for leadership");
+        leader::acquire(&api, &cfg).await;
+        metrics.is_leader.set(1);
+        tracing::info!(identity = %identity, "leading");
+        let controller = controller(client, &args, metrics.clone(), &identity);
+        tokio::select! {
+            _ = leader::hold(&api, &cfg) => {
+                metrics.is_leader.set(0);
+                anyhow::bail!("lost the leader lease; exiting so that a restart stands by again");
+            }
+            _ = controller => Ok(()),
+        }
+    } else {
+        metrics.is_leader.set(1);
+        ready.store(true, Ordering::Relaxed);
+        controller(client, &args, metrics, &identity).await;
+        Ok(())
+    }
+}
+
+async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics>, identity: &str) {
+    let api = |c: &Client| -> Api<RaftCluster> {
+        match &args.namespace {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    };
+    macro_rules! owned {
+        ($t:ty) => {
+            match &args.namespace {
+                Some(ns) => Api::<$t>::namespaced(client.clone(), ns),
+                None => Api::<$t>::all(client.clone()),
+            }
+        };
+    }
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=raftkv-operator");
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        nodes: Arc::new(GrpcNodes {
+            timeout: Duration::from_secs(args.node_timeout),
+        }),
+        cluster_domain: args.cluster_domain.clone(),
+        address_mode: args.address_mode,
+        metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "raftkv-operator".into(),
+                instance: Some(identity.to_string()),
+            },
+        ),
+    });
+    Controller::new(api(&client), watcher::Config::default())
+        .owns(owned!(StatefulSet), managed.clone())
+        .owns(owned!(Service), managed.clone())
+        .owns(owned!(PodDisruptionBudget), managed.clone())
+        // Pods are not owned by the RaftCluster (the StatefulSet owns them), but their
+        // readiness drives membership: map each back to its cluster by label.
+        .watches(owned!(Pod), managed, |pod: Pod| {
+            let ns = pod.namespace();
+            pod.labels()
+                .get("app.kubernetes.io/instance")
+                .map(|name| {
+                    let r = ObjectRef::<RaftCluster>::new(name);
+                    match ns {
+                        Some(ns) => r.within(&ns),
+                        None => r,
+                    }
+                })
+                .into_iter()
+        })
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile round");
+            }
+        })
+        .await;
+}
+
+async fn serve_http(addr: SocketAddr, metrics: Arc<OperatorMetrics>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
