@@ -48,7 +48,13 @@ impl Names {
 
     /// The pod's stable DNS name through the headless Service.
     pub fn pod_host(&self, ordinal: u32) -> String {
-        format!("{}.{}.{}.svc.{}", self.pod(ordinal), self.headless, self.namespace, self.cluster_domain)
+        format!(
+            "{}.{}.{}.svc.{}",
+            self.pod(ordinal),
+            self.headless,
+            self.namespace,
+            self.cluster_domain
+        )
     }
 
     pub fn pvc(&self, ordinal: u32) -> String {
@@ -112,7 +118,12 @@ pub fn quorum(voters: u32) -> u32 {
 pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
     let spec = &rc.spec;
     let uid = rc.uid().unwrap_or_default();
-    let advertise = |port: i32| format!("$(POD_NAME).{}.{}.svc.{}:{port}", n.headless, n.namespace, n.cluster_domain);
+    let advertise = |port: i32| {
+        format!(
+            "$(POD_NAME).{}.{}.svc.{}:{port}",
+            n.headless, n.namespace, n.cluster_domain
+        )
+    };
     let args = vec![
         "serve".to_string(),
         "--data-dir=/data".into(),
@@ -153,7 +164,10 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         args: Some(args),
-        env: Some(vec![env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace")]),
+        env: Some(vec![
+            env("POD_NAME", "metadata.name"),
+            env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("raft".into()),
@@ -360,7 +374,8 @@ mod tests {
     fn rc() -> RaftCluster {
         let mut rc = RaftCluster::new(
             "demo",
-            serde_json::from_value::<RaftClusterSpec>(serde_json::json!({"replicas": 3, "image": "raftkv:test"})).unwrap(),
+            serde_json::from_value::<RaftClusterSpec>(serde_json::json!({"replicas": 3, "image": "raftkv:test"}))
+                .unwrap(),
         );
         rc.metadata.namespace = Some("ns".into());
         rc.metadata.uid = Some("uid-1".into());
@@ -391,8 +406,28 @@ mod tests {
         assert_eq!(args[0], "serve");
         assert!(args.contains(&"--advertise-raft-addr=$(POD_NAME).demo-peers.ns.svc.example.org:7000".to_string()));
         assert!(args.contains(&"--cluster-id=uid-1".to_string()));
-        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-        assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// A replicated raftkv cluster: a StatefulSet of `raftkv serve` pods whose Raft membership the
 /// operator keeps equal to `replicas`, one safe step at a time.
+// Several `printcolumn(...)` attributes are how kube-derive declares several columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "raftkv.dev",
@@ -27,9 +29,24 @@ use serde::{Deserialize, Serialize};
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "desired members"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "ready members"),
-    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader", description = "pod of the Raft leader"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "desired members"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "ready members"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "pod of the Raft leader"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -310,7 +327,8 @@ mod tests {
     #[test]
     fn replicas_are_bounded_in_the_schema() {
         let crd = serde_json::to_value(RaftCluster::crd()).expect("crd json");
-        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];
+        let replicas =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];
         assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{replicas}");
         assert_eq!(replicas["maximum"].as_f64(), Some(9.0), "{replicas}");
         let required = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"];
@@ -319,7 +337,8 @@ mod tests {
 
     #[test]
     fn defaults_fill_a_minimal_spec() {
-        let spec: RaftClusterSpec = serde_json::from_value(serde_json::json!({"replicas": 3, "image": "raftkv:1"})).unwrap();
+        let spec: RaftClusterSpec =
+            serde_json::from_value(serde_json::json!({"replicas": 3, "image": "raftkv:1"})).unwrap();
         assert_eq!(spec.storage.size, "1Gi");
         assert_eq!(spec.raft.heartbeat_ms, 100);
         assert!(spec.pod_disruption_budget.enabled);

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "raftkv-operator", version, about = "Kubernetes operator for raftkv RaftClusters")]
+#[command(
+    name = "raftkv-operator",
+    version,
+    about = "Kubernetes operator for raftkv RaftClusters"
+)]
 struct Cli {
     /// Log filter; RUST_LOG takes precedence.
     #[arg(long, global = true, env = "RAFTKV_OPERATOR_LOG_LEVEL", default_value = "info")]
@@ -57,7 +61,9 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if cli.log_format == "text" {
         builder.try_init()
     } else {
@@ -70,7 +76,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::Run(args) = command else { return ExitCode::FAILURE };
+    let Command::Run(args) = command else {
+        return ExitCode::FAILURE;
+    };
     match rt.block_on(raftkv_operator::run::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

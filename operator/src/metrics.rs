@@ -40,11 +40,17 @@ impl OperatorMetrics {
                     .buckets(exponential_buckets(0.001, 2.0, 16)?),
             )?,
             actions: IntCounterVec::new(
-                Opts::new("raftkv_operator_membership_actions_total", "Actions taken, by kind and result."),
+                Opts::new(
+                    "raftkv_operator_membership_actions_total",
+                    "Actions taken, by kind and result.",
+                ),
                 &["action", "result"],
             )?,
             ready_members: IntGaugeVec::new(
-                Opts::new("raftkv_operator_cluster_ready_members", "Members whose pod is ready, per cluster."),
+                Opts::new(
+                    "raftkv_operator_cluster_ready_members",
+                    "Members whose pod is ready, per cluster.",
+                ),
                 &["namespace", "name"],
             )?,
             voters: IntGaugeVec::new(
@@ -52,7 +58,10 @@ impl OperatorMetrics {
                 &["namespace", "name"],
             )?,
             desired: IntGaugeVec::new(
-                Opts::new("raftkv_operator_cluster_desired_replicas", "spec.replicas, per cluster."),
+                Opts::new(
+                    "raftkv_operator_cluster_desired_replicas",
+                    "spec.replicas, per cluster.",
+                ),
                 &["namespace", "name"],
             )?,
             is_leader: IntGauge::new("raftkv_operator_is_leader", "1 if this replica holds the leader lease.")?,
@@ -82,7 +91,11 @@ impl OperatorMetrics {
     pub fn members(&self, ns: &str, name: &str, members: &[MemberStatus], o: &Observed) {
         let ready = members
             .iter()
-            .filter(|m| m.pod.as_ref().is_some_and(|p| o.pods.values().any(|s| &s.name == p && s.ready)))
+            .filter(|m| {
+                m.pod
+                    .as_ref()
+                    .is_some_and(|p| o.pods.values().any(|s| &s.name == p && s.ready))
+            })
             .count();
         let voters = members.iter().filter(|m| m.role != "learner").count();
         self.ready_members.with_label_values(&[ns, name]).set(ready as i64);

@@ -48,7 +48,10 @@ impl Nodes for GrpcNodes {
         let t = self.timeout;
         Box::pin(async move {
             let mut c = Self::client(&addr, t).await?;
-            c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| err(&addr, s))
+            c.status(pb::StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| err(&addr, s))
         })
     }
 
@@ -56,7 +59,10 @@ impl Nodes for GrpcNodes {
         let t = self.timeout;
         Box::pin(async move {
             let mut c = Self::client(&addr, t).await?;
-            c.members(pb::MembersRequest {}).await.map(|r| r.into_inner()).map_err(|s| err(&addr, s))
+            c.members(pb::MembersRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| err(&addr, s))
         })
     }
 
@@ -75,7 +81,10 @@ impl Nodes for GrpcNodes {
         let t = self.timeout;
         Box::pin(async move {
             let mut c = Self::client(&addr, t).await?;
-            c.add_learner(req).await.map(|r| r.into_inner().message).map_err(|s| err(&addr, s))
+            c.add_learner(req)
+                .await
+                .map(|r| r.into_inner().message)
+                .map_err(|s| err(&addr, s))
         })
     }
 

@@ -81,15 +81,33 @@ pub enum Action {
     Wait(String),
     /// Needs a human: the operator will not act (e.g. quorum lost).
     Blocked(String),
-    Initialize { ordinal: u32 },
-    AddLearner { ordinal: u32, id: u64 },
-    Promote { ordinal: u32, id: u64 },
-    TransferLeadership { from: u64 },
-    RemoveMember { id: u64, ordinal: Option<u32>, reason: RemoveReason },
+    Initialize {
+        ordinal: u32,
+    },
+    AddLearner {
+        ordinal: u32,
+        id: u64,
+    },
+    Promote {
+        ordinal: u32,
+        id: u64,
+    },
+    TransferLeadership {
+        from: u64,
+    },
+    RemoveMember {
+        id: u64,
+        ordinal: Option<u32>,
+        reason: RemoveReason,
+    },
     /// Delete a pod and its volume: its data belongs to a member that was removed.
-    ResetPod { ordinal: u32 },
+    ResetPod {
+        ordinal: u32,
+    },
     /// Delete the volume of an ordinal that a scale-down removed.
-    DeletePvc { ordinal: u32 },
+    DeletePvc {
+        ordinal: u32,
+    },
 }
 
 impl Action {
@@ -112,7 +130,10 @@ impl Action {
     pub fn is_membership_change(&self) -> bool {
         matches!(
             self,
-            Action::Initialize { .. } | Action::AddLearner { .. } | Action::Promote { .. } | Action::RemoveMember { .. }
+            Action::Initialize { .. }
+                | Action::AddLearner { .. }
+                | Action::Promote { .. }
+                | Action::RemoveMember { .. }
         )
     }
 }
@@ -201,7 +222,10 @@ pub fn plan(o: &Observed) -> Plan {
         if !node.has_membership {
             return Plan {
                 sts_replicas: keep(current.max(ord + 1)),
-                action: Action::AddLearner { ordinal: ord, id: node.id },
+                action: Action::AddLearner {
+                    ordinal: ord,
+                    id: node.id,
+                },
             };
         }
     }
@@ -360,7 +384,13 @@ mod tests {
             pods: [pod(0, Some(7), false)].into(),
             ..Default::default()
         };
-        assert_eq!(plan(&o), Plan { sts_replicas: 1, action: Action::Initialize { ordinal: 0 } });
+        assert_eq!(
+            plan(&o),
+            Plan {
+                sts_replicas: 1,
+                action: Action::Initialize { ordinal: 0 }
+            }
+        );
     }
 
     #[test]
@@ -386,7 +416,13 @@ mod tests {
         let mut o = healthy(1, 3);
         o.sts_replicas = Some(2);
         o.pods.extend([pod(1, Some(555), false)]);
-        assert_eq!(plan(&o), Plan { sts_replicas: 2, action: Action::AddLearner { ordinal: 1, id: 555 } });
+        assert_eq!(
+            plan(&o),
+            Plan {
+                sts_replicas: 2,
+                action: Action::AddLearner { ordinal: 1, id: 555 }
+            }
+        );
     }
 
     #[test]
@@ -401,7 +437,13 @@ mod tests {
 
     #[test]
     fn a_complete_cluster_is_steady() {
-        assert_eq!(plan(&healthy(3, 3)), Plan { sts_replicas: 3, action: Action::Steady });
+        assert_eq!(
+            plan(&healthy(3, 3)),
+            Plan {
+                sts_replicas: 3,
+                action: Action::Steady
+            }
+        );
     }
 
     #[test]
@@ -424,7 +466,14 @@ mod tests {
     fn scale_down_removes_the_highest_ordinal_first_and_keeps_its_pod_until_then() {
         let p = plan(&healthy(5, 3));
         assert_eq!(p.sts_replicas, 5);
-        assert_eq!(p.action, Action::RemoveMember { id: 104, ordinal: Some(4), reason: RemoveReason::ScaleDown });
+        assert_eq!(
+            p.action,
+            Action::RemoveMember {
+                id: 104,
+                ordinal: Some(4),
+                reason: RemoveReason::ScaleDown
+            }
+        );
     }
 
     #[test]
@@ -459,7 +508,14 @@ mod tests {
         let mut o = healthy(3, 3);
         o.pods.insert(2, pod(2, Some(999), false).1);
         o.cluster.as_mut().unwrap().members[2].healthy = false;
-        assert_eq!(plan(&o).action, Action::RemoveMember { id: 102, ordinal: Some(2), reason: RemoveReason::Replaced });
+        assert_eq!(
+            plan(&o).action,
+            Action::RemoveMember {
+                id: 102,
+                ordinal: Some(2),
+                reason: RemoveReason::Replaced
+            }
+        );
         // Once the stale member is gone, the new node is added.
         o.cluster.as_mut().unwrap().members.pop();
         assert_eq!(plan(&o).action, Action::AddLearner { ordinal: 2, id: 999 });
@@ -480,7 +536,13 @@ mod tests {
         let mut o = healthy(3, 3);
         o.pods.remove(&1);
         o.cluster.as_mut().unwrap().members[1].healthy = false;
-        assert_eq!(plan(&o), Plan { sts_replicas: 3, action: Action::Steady });
+        assert_eq!(
+            plan(&o),
+            Plan {
+                sts_replicas: 3,
+                action: Action::Steady
+            }
+        );
     }
 
     #[test]
@@ -498,7 +560,14 @@ mod tests {
         let mut o = healthy(3, 2);
         let m = &mut o.cluster.as_mut().unwrap().members[2];
         m.voter = false;
-        assert_eq!(plan(&o).action, Action::RemoveMember { id: 102, ordinal: Some(2), reason: RemoveReason::ScaleDown });
+        assert_eq!(
+            plan(&o).action,
+            Action::RemoveMember {
+                id: 102,
+                ordinal: Some(2),
+                reason: RemoveReason::ScaleDown
+            }
+        );
     }
 
     #[test]
@@ -506,11 +575,22 @@ mod tests {
         let c = ClusterView {
             leader: 1,
             joint: false,
-            members: vec![voter(1, 0), voter(2, 1), Member { healthy: false, ..voter(3, 2) }],
+            members: vec![
+                voter(1, 0),
+                voter(2, 1),
+                Member {
+                    healthy: false,
+                    ..voter(3, 2)
+                },
+            ],
         };
         assert!(safe_to_remove(&c, 3));
         assert!(!safe_to_remove(&c, 2), "would leave 1 healthy of 2");
-        let single = ClusterView { leader: 1, joint: false, members: vec![voter(1, 0)] };
+        let single = ClusterView {
+            leader: 1,
+            joint: false,
+            members: vec![voter(1, 0)],
+        };
         assert!(!safe_to_remove(&single, 1));
     }
 }

@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use raftkv::pb::admin as pb;
 use serde::Serialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::children::{self, Names, HTTP_PORT, RAFT_PORT};
 use crate::crd::{LastAction, MemberStatus, RaftCluster, RaftClusterStatus};
@@ -78,7 +79,10 @@ struct Observation {
 fn validate(rc: &RaftCluster) -> Result<(), Error> {
     let s = &rc.spec;
     if !(1..=9).contains(&s.replicas) {
-        return Err(Error::InvalidSpec(format!("replicas must be 1..=9, not {}", s.replicas)));
+        return Err(Error::InvalidSpec(format!(
+            "replicas must be 1..=9, not {}",
+            s.replicas
+        )));
     }
     if s.image.trim().is_empty() {
         return Err(Error::InvalidSpec("image must not be empty".into()));
@@ -94,7 +98,12 @@ fn validate(rc: &RaftCluster) -> Result<(), Error> {
 
 pub async fn reconcile(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&rc, &ctx).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %rc.namespace().unwrap_or_default(),
+        name = %rc.name_any()
+    );
+    let result = reconcile_inner(&rc, &ctx).instrument(span).await;
     ctx.metrics.reconciled(&result, started.elapsed());
     result
 }
@@ -105,9 +114,6 @@ async fn reconcile_inner(rc: &RaftCluster, ctx: &Context) -> Result<Requeue, Err
         return Ok(Requeue::await_change());
     }
     let n = Names::of(rc, &ctx.cluster_domain);
-    let span = tracing::info_span!("reconcile", namespace = %n.namespace, name = %n.name);
-    let _guard = span.enter();
-    drop(_guard);
     if let Err(e) = validate(rc) {
         write_invalid_status(rc, ctx, &n, &e).await?;
         return Err(e);
@@ -201,7 +207,9 @@ async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Result<Observati
         if running && !terminating {
             let addr = match ctx.address_mode {
                 AddressMode::Dns => Some(format!("{}:{RAFT_PORT}", n.pod_host(ord))),
-                AddressMode::PodIp => status.and_then(|s| s.pod_ip.clone()).map(|ip| format!("{ip}:{RAFT_PORT}")),
+                AddressMode::PodIp => status
+                    .and_then(|s| s.pod_ip.clone())
+                    .map(|ip| format!("{ip}:{RAFT_PORT}")),
             };
             if let Some(a) = addr {
                 addrs.insert(ord, a);
@@ -278,7 +286,6 @@ async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Result<Observati
         .iter()
         .filter_map(|p| n.ordinal_of(p.name_any().strip_prefix(&format!("{}-", children::DATA_VOLUME))?))
         .collect();
-    let _ = rc;
     Ok(Observation {
         observed: Observed {
             desired: rc.spec.replicas.max(1) as u32,
@@ -380,7 +387,13 @@ fn add_request(n: &Names, ordinal: u32, id: u64, catch_up_ms: u64) -> pb::AddMem
 
 /// Carries out the planned action; returns what to record as the last action and, if it
 /// failed, why.
-async fn act(rc: &RaftCluster, ctx: &Context, n: &Names, obs: &Observation, action: &Action) -> (Option<LastAction>, Option<String>) {
+async fn act(
+    rc: &RaftCluster,
+    ctx: &Context,
+    n: &Names,
+    obs: &Observation,
+    action: &Action,
+) -> (Option<LastAction>, Option<String>) {
     let no_member = || "no member can be reached".to_string();
     let (member, ordinal, result): (Option<u64>, Option<u32>, Result<String, String>) = match action {
         Action::Steady | Action::Wait(_) => return (None, None),
@@ -398,7 +411,11 @@ async fn act(rc: &RaftCluster, ctx: &Context, n: &Names, obs: &Observation, acti
                         http_addr: format!("{}:{HTTP_PORT}", n.pod_host(*ordinal)),
                         voter: true,
                     };
-                    (Some(node.id), Some(*ordinal), ctx.nodes.initialize(addr.clone(), vec![me]).await)
+                    (
+                        Some(node.id),
+                        Some(*ordinal),
+                        ctx.nodes.initialize(addr.clone(), vec![me]).await,
+                    )
                 }
                 _ => (None, Some(*ordinal), Err("pod 0 is not reachable".into())),
             }
@@ -487,7 +504,10 @@ async fn reset_pod(ctx: &Context, n: &Names, ordinal: u32) -> Result<String, Str
     pods.delete(&n.pod(ordinal), &DeleteParams::default())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!("recreating {} with an empty volume: its data belonged to a removed member", n.pod(ordinal)))
+    Ok(format!(
+        "recreating {} with an empty volume: its data belonged to a removed member",
+        n.pod(ordinal)
+    ))
 }
 
 async fn publish(ctx: &Context, rc: &RaftCluster, type_: EventType, reason: &str, note: &str) {
@@ -510,8 +530,12 @@ async fn patch_status(rc: &RaftCluster, ctx: &Context, n: &Names, st: &RaftClust
         "kind": "RaftCluster",
         "status": st,
     });
-    api.patch_status(&rc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 

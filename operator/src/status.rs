@@ -75,7 +75,9 @@ fn describe(action: &Action) -> String {
             RemoveReason::ScaleDown => format!("removing member {id} (scale-down)"),
             RemoveReason::Replaced => format!("removing member {id}: its pod came back with an empty disk"),
         },
-        Action::ResetPod { ordinal } => format!("pod {ordinal} holds the data of a removed member: recreating it empty"),
+        Action::ResetPod { ordinal } => {
+            format!("pod {ordinal} holds the data of a removed member: recreating it empty")
+        }
         Action::DeletePvc { ordinal } => format!("deleting the volume of removed ordinal {ordinal}"),
     }
 }
@@ -84,7 +86,11 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
     let o = input.observed;
     let desired = o.desired as usize;
     let voters = input.members.iter().filter(|m| m.role != "learner").count();
-    let healthy_voters = input.members.iter().filter(|m| m.role != "learner" && m.healthy).count();
+    let healthy_voters = input
+        .members
+        .iter()
+        .filter(|m| m.role != "learner" && m.healthy)
+        .count();
     let ready = input
         .members
         .iter()
@@ -101,11 +107,20 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
             "Available",
             true,
             "QuorumAvailable",
-            format!("{healthy_voters} of {voters} voters healthy; leader {}", input.leader_pod.as_deref().unwrap_or("?")),
+            format!(
+                "{healthy_voters} of {voters} voters healthy; leader {}",
+                input.leader_pod.as_deref().unwrap_or("?")
+            ),
             input,
         )
     } else if !o.initialized {
-        condition("Available", false, "NotInitialized", "the cluster has not been bootstrapped yet".into(), input)
+        condition(
+            "Available",
+            false,
+            "NotInitialized",
+            "the cluster has not been bootstrapped yet".into(),
+            input,
+        )
     } else {
         condition(
             "Available",
@@ -121,7 +136,13 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
     let reason = progress_reason(&input.plan.action, voters, desired);
     let progressing = !matches!(input.plan.action, Action::Steady | Action::Blocked(_)) && !input.paused;
     let progressing_cond = if input.paused {
-        condition("Progressing", false, "Paused", "spec.paused is set: no membership actions".into(), input)
+        condition(
+            "Progressing",
+            false,
+            "Paused",
+            "spec.paused is set: no membership actions".into(),
+            input,
+        )
     } else {
         condition("Progressing", progressing, reason, describe(&input.plan.action), input)
     };
@@ -135,15 +156,24 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
     let degraded = if let Some(e) = &input.action_error {
         Some(("ActionFailed", format!("the last action failed: {e}")))
     } else if let Action::Blocked(m) = &input.plan.action {
-        Some(("ActionBlocked", format!("{m}; the operator will not act until this changes")))
+        Some((
+            "ActionBlocked",
+            format!("{m}; the operator will not act until this changes"),
+        ))
     } else if o.initialized && o.cluster.is_none() {
         Some(("QuorumLost", "no leader can be reached".to_string()))
     } else if !unhealthy.is_empty() {
-        Some(("MembersUnhealthy", format!("unhealthy members: {}", unhealthy.join(", "))))
-    } else if desired % 2 == 0 {
+        Some((
+            "MembersUnhealthy",
+            format!("unhealthy members: {}", unhealthy.join(", ")),
+        ))
+    } else if desired.is_multiple_of(2) {
         Some((
             "EvenReplicas",
-            format!("{desired} voters tolerate no more failures than {}; prefer an odd number", desired - 1),
+            format!(
+                "{desired} voters tolerate no more failures than {}; prefer an odd number",
+                desired - 1
+            ),
         ))
     } else {
         None
@@ -214,13 +244,25 @@ mod tests {
             cluster: Some(ClusterView {
                 leader: 1,
                 joint: false,
-                members: vec![Member { id: 1, ordinal: Some(0), voter: true, healthy: true, lag: Some(0) }],
+                members: vec![Member {
+                    id: 1,
+                    ordinal: Some(0),
+                    voter: true,
+                    healthy: true,
+                    lag: Some(0),
+                }],
             }),
             ..Default::default()
         }
     }
 
-    fn input<'a>(o: &'a Observed, plan: &'a Plan, members: Vec<MemberStatus>, prev: Option<&'a RaftClusterStatus>, now: i64) -> StatusInput<'a> {
+    fn input<'a>(
+        o: &'a Observed,
+        plan: &'a Plan,
+        members: Vec<MemberStatus>,
+        prev: Option<&'a RaftClusterStatus>,
+        now: i64,
+    ) -> StatusInput<'a> {
         StatusInput {
             observed: o,
             plan,
@@ -244,8 +286,17 @@ mod tests {
     #[test]
     fn a_healthy_steady_cluster_is_running_and_available() {
         let o = observed(3);
-        let plan = Plan { sts_replicas: 3, action: Action::Steady };
-        let s = build(&input(&o, &plan, vec![member(1, true), member(2, true), member(3, true)], None, 10));
+        let plan = Plan {
+            sts_replicas: 3,
+            action: Action::Steady,
+        };
+        let s = build(&input(
+            &o,
+            &plan,
+            vec![member(1, true), member(2, true), member(3, true)],
+            None,
+            10,
+        ));
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(cond(&s, "Available").status, "True");
         assert_eq!(cond(&s, "Progressing").reason, "Reconciled");
@@ -256,7 +307,10 @@ mod tests {
     #[test]
     fn transition_time_changes_only_when_a_condition_flips() {
         let o = observed(3);
-        let steady = Plan { sts_replicas: 3, action: Action::Steady };
+        let steady = Plan {
+            sts_replicas: 3,
+            action: Action::Steady,
+        };
         let all = vec![member(1, true), member(2, true), member(3, true)];
         let first = build(&input(&o, &steady, all.clone(), None, 10));
         let again = build(&input(&o, &steady, all.clone(), Some(&first), 20));
@@ -273,14 +327,26 @@ mod tests {
     #[test]
     fn scaling_and_quorum_loss_are_reported() {
         let o = observed(5);
-        let plan = Plan { sts_replicas: 4, action: Action::AddLearner { ordinal: 3, id: 9 } };
-        let s = build(&input(&o, &plan, vec![member(1, true), member(2, true), member(3, true)], None, 1));
+        let plan = Plan {
+            sts_replicas: 4,
+            action: Action::AddLearner { ordinal: 3, id: 9 },
+        };
+        let s = build(&input(
+            &o,
+            &plan,
+            vec![member(1, true), member(2, true), member(3, true)],
+            None,
+            1,
+        ));
         assert_eq!(s.phase.as_deref(), Some("Scaling"));
         assert_eq!(cond(&s, "Progressing").reason, "AddingLearner");
 
         let mut lost = observed(3);
         lost.cluster = None;
-        let wait = Plan { sts_replicas: 3, action: Action::Wait("no leader".into()) };
+        let wait = Plan {
+            sts_replicas: 3,
+            action: Action::Wait("no leader".into()),
+        };
         let s = build(&input(&lost, &wait, vec![], None, 1));
         assert_eq!(s.phase.as_deref(), Some("QuorumLost"));
         assert_eq!(cond(&s, "Available").reason, "NoLeader");
@@ -290,7 +356,10 @@ mod tests {
     #[test]
     fn even_replicas_warn() {
         let o = observed(4);
-        let plan = Plan { sts_replicas: 4, action: Action::Steady };
+        let plan = Plan {
+            sts_replicas: 4,
+            action: Action::Steady,
+        };
         let all = (1..=4).map(|i| member(i, true)).collect();
         let s = build(&input(&o, &plan, all, None, 1));
         assert_eq!(cond(&s, "Degraded").reason, "EvenReplicas");
