@@ -16,4 +16,7 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
+# Go-built tools (helm), cached in .tools/bin.
+scripts/tools.sh >/dev/null
+
 cargo test --workspace --locked "$@"

@@ -314,8 +314,13 @@ fn ports() -> Vec<ServicePort> {
 /// The headless Service that gives each pod its DNS name. It publishes pods that are not
 /// ready: a joining pod must be reachable before it can become ready.
 pub fn headless_service(rc: &RaftCluster, n: &Names) -> Service {
+    let mut m = meta(rc, n, &n.headless);
+    // What a ServiceMonitor selects: every pod, ready or not, once.
+    m.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("raftkv.dev/service".into(), "peers".into());
     Service {
-        metadata: meta(rc, n, &n.headless),
+        metadata: m,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -330,6 +335,9 @@ pub fn headless_service(rc: &RaftCluster, n: &Names) -> Service {
 /// The client Service: the HTTP API and metrics of ready pods.
 pub fn client_service(rc: &RaftCluster, n: &Names) -> Service {
     let mut m = meta(rc, n, &n.name);
+    m.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("raftkv.dev/service".into(), "client".into());
     if !rc.spec.service.annotations.is_empty() {
         m.annotations = Some(rc.spec.service.annotations.clone());
     }
