@@ -122,7 +122,7 @@ impl Node {
         let stopping = Arc::new(Stopping::default());
         let mut servers = Vec::new();
 
-        let raft_svc = RaftServer::new(RaftService::new(raft.clone(), fence.clone(), sm.clone()))
+        let raft_svc = RaftServer::new(RaftService::new(id, raft.clone(), fence.clone(), sm.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let admin_svc = AdminServer::new(AdminService::new(admin.clone(), args.cluster_id.clone()));

@@ -162,6 +162,7 @@ impl Connection {
         Ok(RaftMessage {
             cluster_id: self.fence.outgoing(),
             payload: Bytes::from(encode(value).map_err(|e| RPCError::Network(network_err(e)))?),
+            target: self.target,
         })
     }
 
@@ -255,6 +256,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let input = futures::stream::iter([first]).chain(input);
             let mut client = self.client()?;
             let cluster_id = self.fence.outgoing();
+            let target = self.target;
             // Requests sent and not yet answered: a response is overdue only while some are.
             // Their send times, in order, give each response's round-trip time.
             let outstanding = Arc::new(AtomicI64::new(0));
@@ -276,6 +278,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                             Some(RaftMessage {
                                 cluster_id,
                                 payload: Bytes::from(payload),
+                                target,
                             })
                         }
                         Err(e) => {
@@ -422,6 +425,7 @@ impl Connection {
             vote: Bytes::from(encode(&vote).map_err(network_err)?),
             meta: Bytes::from(encode(&snapshot.meta).map_err(network_err)?),
             size_bytes: snapshot.snapshot.file.metadata().map_err(network_err)?.len(),
+            target: self.target,
         };
         let file = snapshot.snapshot.file.try_clone().map_err(network_err)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);

@@ -16,20 +16,32 @@ use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::SnapshotReader;
 use crate::storage::{SnapshotData, StateMachine};
-use crate::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
 pub struct RaftService {
+    id: NodeId,
     raft: Raft,
     fence: ClusterFence,
     sm: StateMachine,
 }
 
+/// Refuses a message meant for another node id (see `RaftMessage.target` in raft.proto).
+fn check_target(me: NodeId, target: u64) -> Result<(), Status> {
+    if target != 0 && target != me {
+        return Err(Status::failed_precondition(format!(
+            "this is node {me}, not node {target}: the member at this address has been replaced"
+        )));
+    }
+    Ok(())
+}
+
 impl RaftService {
-    pub fn new(raft: Raft, fence: ClusterFence, sm: StateMachine) -> Self {
-        RaftService { raft, fence, sm }
+    pub fn new(id: NodeId, raft: Raft, fence: ClusterFence, sm: StateMachine) -> Self {
+        RaftService { id, raft, fence, sm }
     }
 
     fn open<T: DeserializeOwned>(&self, msg: &RaftMessage) -> Result<T, Status> {
+        check_target(self.id, msg.target)?;
         self.fence.check(&msg.cluster_id)?;
         decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
     }
@@ -38,6 +50,7 @@ impl RaftService {
         Ok(Response::new(RaftMessage {
             cluster_id: self.fence.outgoing(),
             payload: Bytes::from(encode(value).map_err(|e| Status::internal(e.to_string()))?),
+            target: 0,
         }))
     }
 }
@@ -80,10 +93,22 @@ impl RaftRpc for RaftService {
         // A request that cannot be decoded or belongs to another cluster ends the stream: the
         // leader reconnects and starts over, which is what Raft needs anyway.
         let fence_in = fence.clone();
-        let requests = input
+        let me = self.id;
+        let mut input = input;
+        // The first message decides: a stream meant for another node (or cluster) is refused
+        // with an error the leader can see, rather than silently ended.
+        let first = match input.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(Response::new(Box::pin(futures::stream::empty()))),
+        };
+        check_target(me, first.target)?;
+        fence.check(&first.cluster_id)?;
+        let requests = futures::stream::iter([Ok(first)])
+            .chain(input)
             .take_while(move |msg| {
                 let ok = match msg {
-                    Ok(m) => fence_in.check(&m.cluster_id).is_ok(),
+                    Ok(m) => fence_in.check(&m.cluster_id).is_ok() && check_target(me, m.target).is_ok(),
                     Err(_) => false,
                 };
                 futures::future::ready(ok)
@@ -103,6 +128,7 @@ impl RaftRpc for RaftService {
                 .map(|payload| RaftMessage {
                     cluster_id: fence.outgoing(),
                     payload: Bytes::from(payload),
+                    target: 0,
                 })
                 .map_err(|e| Status::internal(e.to_string())),
             Err(e) => Err(fatal(e)),
@@ -119,6 +145,7 @@ impl RaftRpc for RaftService {
             Some(Err(e)) => return Err(e),
             _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
         };
+        check_target(self.id, header.target)?;
         self.fence.check(&header.cluster_id)?;
         let vote: Vote = decode(&header.vote).map_err(|e| Status::invalid_argument(format!("bad vote: {e}")))?;
         let meta: SnapshotMeta =
