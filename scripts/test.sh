@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command). Installs what the tests need first:
-# Debian's `prometheus` package, for promtool and a real Prometheus server.
+# Debian's `prometheus` package (promtool and a real Prometheus server), helm, and a
+# Kubernetes control plane built from its Go modules. Run as root: the end-to-end test bed
+# creates network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,9 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-# Go-built tools (helm), cached in .tools/bin.
+# Go-built tools, cached in .tools/bin: helm, and the Kubernetes control plane for the
+# end-to-end test bed (minutes the first time, seconds after).
 scripts/tools.sh >/dev/null
+scripts/k8s-tools.sh >/dev/null
 
 cargo test --workspace --locked "$@"
