@@ -42,6 +42,8 @@ pub enum Command {
     Kv(crate::cli::kv::KvArgs),
     /// Seed the data directory of a new cluster's first node from a backup file.
     Restore(crate::cli::restore::RestoreArgs),
+    /// Load generator: drive the HTTP API (or etcd's, for comparison) and report figures.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]

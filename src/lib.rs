@@ -19,6 +19,7 @@ pub mod pb {
     }
 }
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;

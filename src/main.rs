@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Command::Admin(args) => raftkv::cli::admin::run(args).await,
             Command::Kv(args) => raftkv::cli::kv::run(args).await,
             Command::Restore(args) => raftkv::cli::restore::run(args).await,
+            Command::Bench(args) => raftkv::bench::run(args).await,
         }
     });
     match result {
