@@ -44,6 +44,13 @@ pub enum Command {
     Restore(crate::cli::restore::RestoreArgs),
     /// Load generator: drive the HTTP API (or etcd's, for comparison) and report figures.
     Bench(crate::bench::BenchArgs),
+    /// A do-nothing HTTP server (axum, the same stack as the node): the ceiling the
+    /// benchmark compares stale reads against.
+    #[command(hide = true)]
+    NoopServer {
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        http_addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

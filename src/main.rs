@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Command::Kv(args) => raftkv::cli::kv::run(args).await,
             Command::Restore(args) => raftkv::cli::restore::run(args).await,
             Command::Bench(args) => raftkv::bench::run(args).await,
+            Command::NoopServer { http_addr } => raftkv::bench::noop_server(http_addr).await,
         }
     });
     match result {

@@ -364,6 +364,14 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration) -> anyhow::Result<
     Ok(())
 }
 
+/// Answers every request with 200 and a short body: the most an axum server can serve here.
+pub async fn noop_server(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
