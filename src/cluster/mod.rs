@@ -160,16 +160,7 @@ impl Admin {
     }
 
     fn members_now(&self) -> Vec<pb::Member> {
-        self.status()
-            .members
-            .into_iter()
-            .map(|m| pb::Member {
-                id: m.id,
-                raft_addr: m.raft_addr,
-                http_addr: m.http_addr,
-                voter: m.voter,
-            })
-            .collect()
+        self.status().members.into_iter().map(pb::Member::from).collect()
     }
 
     fn done(&self, log_index: u64, message: String) -> pb::MembershipResponse {

@@ -163,16 +163,7 @@ impl AdminRpc for AdminService {
             applied: pos(s.applied),
             snapshot: pos(s.snapshot),
             purged: pos(s.purged),
-            members: s
-                .members
-                .into_iter()
-                .map(|m| pb::Member {
-                    id: m.id,
-                    raft_addr: m.raft_addr,
-                    http_addr: m.http_addr,
-                    voter: m.voter,
-                })
-                .collect(),
+            members: s.members.into_iter().map(pb::Member::from).collect(),
             uptime_seconds: s.uptime_seconds,
             membership_log_index: s.membership_log_index.unwrap_or(0),
             joint: s.joint,

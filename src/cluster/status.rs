@@ -40,6 +40,17 @@ pub struct MemberInfo {
     pub last_contact_ms: Option<u64>,
 }
 
+impl From<MemberInfo> for crate::pb::admin::Member {
+    fn from(m: MemberInfo) -> Self {
+        crate::pb::admin::Member {
+            id: m.id,
+            raft_addr: m.raft_addr,
+            http_addr: m.http_addr,
+            voter: m.voter,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
     pub id: NodeId,
