@@ -367,7 +367,10 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration) -> anyhow::Result<
 /// Answers every request with 200 and a short body: the most an axum server can serve here.
 pub async fn noop_server(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let app = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
