@@ -89,14 +89,7 @@ impl OperatorMetrics {
     }
 
     pub fn members(&self, ns: &str, name: &str, members: &[MemberStatus], o: &Observed) {
-        let ready = members
-            .iter()
-            .filter(|m| {
-                m.pod
-                    .as_ref()
-                    .is_some_and(|p| o.pods.values().any(|s| &s.name == p && s.ready))
-            })
-            .count();
+        let ready = crate::status::ready_members(members, o);
         let voters = members.iter().filter(|m| m.role != "learner").count();
         self.ready_members.with_label_values(&[ns, name]).set(ready as i64);
         self.voters.with_label_values(&[ns, name]).set(voters as i64);

@@ -82,6 +82,18 @@ fn describe(action: &Action) -> String {
     }
 }
 
+/// Members whose pod is ready.
+pub fn ready_members(members: &[MemberStatus], o: &Observed) -> usize {
+    members
+        .iter()
+        .filter(|m| {
+            m.pod
+                .as_ref()
+                .is_some_and(|p| o.pods.values().any(|s| &s.name == p && s.ready))
+        })
+        .count()
+}
+
 pub fn build(input: &StatusInput) -> RaftClusterStatus {
     let o = input.observed;
     let desired = o.desired as usize;
@@ -91,15 +103,7 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
         .iter()
         .filter(|m| m.role != "learner" && m.healthy)
         .count();
-    let ready = input
-        .members
-        .iter()
-        .filter(|m| {
-            m.pod
-                .as_ref()
-                .is_some_and(|p| o.pods.values().any(|s| &s.name == p && s.ready))
-        })
-        .count();
+    let ready = ready_members(&input.members, o);
 
     let available = o.cluster.is_some() && healthy_voters > voters / 2;
     let available_cond = if available {

@@ -190,34 +190,21 @@ impl Connection {
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         let started = std::time::Instant::now();
-        let result = self.unary_inner(req, option, action, call).await;
+        let result = async {
+            let msg = self.message(req)?;
+            let ttl = option.hard_ttl();
+            let resp = tokio::time::timeout(ttl, call(self.client()?, msg))
+                .await
+                .map_err(|_| self.timeout_err(action, ttl))?
+                .map_err(status_err)?;
+            decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(network_err(e)))
+        }
+        .await;
         if let Some(m) = &self.metrics {
             let elapsed = result.is_ok().then(|| started.elapsed());
             m.rpc(self.target, method_label(action), result_label(&result), elapsed);
         }
         result
-    }
-
-    async fn unary_inner<Req, Resp, F, Fut>(
-        &mut self,
-        req: &Req,
-        option: &RPCOption,
-        action: RPCTypes,
-        call: F,
-    ) -> Result<Resp, RPCError<TypeConfig>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
-    {
-        let msg = self.message(req)?;
-        let ttl = option.hard_ttl();
-        let resp = tokio::time::timeout(ttl, call(self.client()?, msg))
-            .await
-            .map_err(|_| self.timeout_err(action, ttl))?
-            .map_err(status_err)?;
-        decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(network_err(e)))
     }
 }
 
