@@ -128,6 +128,16 @@ impl Node {
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let admin_svc = AdminServer::new(AdminService::new(admin.clone(), args.cluster_id.clone()));
+        // tonic's own tcp_nodelay applies only to listeners it binds itself: set it on each
+        // accepted connection, or small Raft messages wait for delayed ACKs (~40 ms).
+        let raft_incoming =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(raft_listener), |conn| {
+                conn.inspect(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                })
+            });
         let mut rx = shutdown_rx.clone();
         servers.push(tokio::spawn(
             async move {
@@ -137,12 +147,9 @@ impl Node {
                     .initial_stream_window_size(2 << 20)
                     .add_service(raft_svc)
                     .add_service(admin_svc)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
-                        async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        },
-                    )
+                    .serve_with_incoming_shutdown(raft_incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
                     .await
                     .context("raft gRPC server failed")
             }

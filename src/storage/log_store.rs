@@ -210,8 +210,26 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
 }
 
 fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
+    // Only entries, votes, truncations and purges must be on disk before they are
+    // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
+    // heartbeats, and saves the committed id often) costs no fsync: every earlier batch is
+    // already durable, since the writer commits batches one after another.
+    let must_sync = batch.iter().any(|op| match op {
+        WriteOp::Append { entries, .. } => !entries.is_empty(),
+        WriteOp::Committed(_) => false,
+        WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..) => true,
+    });
+    let has_committed = batch.iter().any(|op| matches!(op, WriteOp::Committed(_)));
+    if !must_sync && !has_committed {
+        return Ok(());
+    }
     let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    let durability = if must_sync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability).map_err(io_err)?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
