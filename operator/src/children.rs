@@ -294,21 +294,14 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
     }
 }
 
-fn ports() -> Vec<ServicePort> {
-    vec![
-        ServicePort {
-            name: Some("raft".into()),
-            port: RAFT_PORT,
-            target_port: Some(IntOrString::String("raft".into())),
-            ..Default::default()
-        },
-        ServicePort {
-            name: Some("http".into()),
-            port: HTTP_PORT,
-            target_port: Some(IntOrString::String("http".into())),
-            ..Default::default()
-        },
-    ]
+/// A Service port that targets the container port of the same name.
+fn port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    }
 }
 
 /// The headless Service that gives each pod its DNS name. It publishes pods that are not
@@ -325,7 +318,7 @@ pub fn headless_service(rc: &RaftCluster, n: &Names) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(&n.name)),
-            ports: Some(ports()),
+            ports: Some(vec![port("raft", RAFT_PORT), port("http", HTTP_PORT)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -346,12 +339,7 @@ pub fn client_service(rc: &RaftCluster, n: &Names) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(rc.spec.service.type_.map_or("ClusterIP", |t| t.as_str()).to_string()),
             selector: Some(selector_labels(&n.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: HTTP_PORT,
-                target_port: Some(IntOrString::String("http".into())),
-                ..Default::default()
-            }]),
+            ports: Some(vec![port("http", HTTP_PORT)]),
             ..Default::default()
         }),
         ..Default::default()

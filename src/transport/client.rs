@@ -135,6 +135,16 @@ fn network_err<E: std::fmt::Display>(e: E) -> NetworkError<TypeConfig> {
     NetworkError::new(&TransportError(e.to_string()))
 }
 
+/// An RPC to `target` that did not finish within `ttl`.
+fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<TypeConfig> {
+    Timeout {
+        action,
+        id: 0,
+        target,
+        timeout: ttl,
+    }
+}
+
 fn method_label(action: RPCTypes) -> &'static str {
     match action {
         RPCTypes::Vote => "vote",
@@ -167,12 +177,7 @@ impl Connection {
     }
 
     fn timeout_err(&self, action: RPCTypes, ttl: Duration) -> RPCError<TypeConfig> {
-        RPCError::Timeout(Timeout {
-            action,
-            id: 0,
-            target: self.target,
-            timeout: ttl,
-        })
+        RPCError::Timeout(timeout(action, self.target, ttl))
     }
 
     /// One unary RPC: encode, call with a deadline, decode.
@@ -296,12 +301,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                             Ok(next) => break next,
                             Err(_) if outstanding.load(Ordering::SeqCst) <= 0 => continue,
                             Err(_) => {
-                                let err = RPCError::Timeout(Timeout {
-                                    action: RPCTypes::AppendEntries,
-                                    id: 0,
-                                    target,
-                                    timeout: ttl,
-                                });
+                                let err = RPCError::Timeout(timeout(RPCTypes::AppendEntries, target, ttl));
                                 return Some((Err(err), None));
                             }
                         }
@@ -462,12 +462,11 @@ impl Connection {
         let resp = match result {
             Err(_) => {
                 reader.abort();
-                return Err(StreamingError::Timeout(Timeout {
-                    action: RPCTypes::InstallSnapshot,
-                    id: 0,
-                    target: self.target,
-                    timeout: ttl,
-                }));
+                return Err(StreamingError::Timeout(timeout(
+                    RPCTypes::InstallSnapshot,
+                    self.target,
+                    ttl,
+                )));
             }
             Ok(Err(status)) => return Err(StreamingError::from(status_err(status))),
             Ok(Ok(resp)) => resp,
