@@ -65,6 +65,11 @@ fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
         install_snapshot_timeout: 120_000,
         max_payload_entries: 512,
         enable_pre_vote: Some(true),
+        // A leader that restarts must win an election before it leads again: neither the
+        // committed id nor the state machine is fsynced on every change, so a leader restored
+        // at once (openraft's default) reads at a stale commit index until replication catches
+        // it up, and serves stale reads (found by the nemesis test).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     config.validate().context("invalid Raft timing configuration")
