@@ -23,4 +23,7 @@ fi
 scripts/tools.sh >/dev/null
 scripts/k8s-tools.sh >/dev/null
 
+# The nemesis tests' linearizability checker (Go, porcupine): its own unit tests first.
+(cd nemesis/lincheck && go test ./...)
+
 cargo test --workspace --locked "$@"

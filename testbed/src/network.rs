@@ -3,6 +3,9 @@
 //! route, and the service range is unreachable, so nothing ever leaves the machine. Each
 //! namespace has its own /etc/hosts (`/etc/netns/<name>/hosts`, which `ip netns exec` mounts
 //! over /etc/hosts): that is how pods resolve each other's DNS names.
+//!
+//! The names and the range come from a [`Layout`], so that other harnesses (the nemesis
+//! tests) can have a network of their own beside the test bed's.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -11,10 +14,27 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 
-pub const BRIDGE: &str = "rkvtb0";
+/// Names and addresses of one bridged network.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// The bridge device on the host (at most 15 characters).
+    pub bridge: &'static str,
+    /// The first two octets of the /16 (e.g. "10.244"); the host is `<net>.0.1`.
+    pub net: &'static str,
+    /// Prefix of the namespaces' and the veth devices' names (at most 7 characters).
+    pub prefix: &'static str,
+    /// A range made unreachable from the host while the network exists (e.g. Services').
+    pub unreachable: Option<&'static str>,
+}
+
+/// The Kubernetes test bed's pod network.
+pub const TESTBED: Layout = Layout {
+    bridge: "rkvtb0",
+    net: "10.244",
+    prefix: "rkvtb",
+    unreachable: Some("10.96.0.0/12"),
+};
 pub const GATEWAY: &str = "10.244.0.1";
-const NETNS_PREFIX: &str = "rkvtb-";
-const SERVICE_RANGE: &str = "10.96.0.0/12";
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output().context("running ip")?;
@@ -22,6 +42,12 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+impl Layout {
+    pub fn gateway(&self) -> String {
+        format!("{}.0.1", self.net)
+    }
 }
 
 fn ip_quiet(args: &[&str]) {
@@ -33,40 +59,60 @@ fn ip_quiet(args: &[&str]) {
 pub struct PodNet {
     pub netns: String,
     pub ip: String,
+    /// The pod's end of its veth pair (inside `netns`).
+    pub device: String,
     host_veth: String,
 }
 
 pub struct Network {
+    layout: Layout,
     next: AtomicU32,
     pods: Mutex<BTreeMap<String, PodNet>>,
 }
 
 /// Removes what an earlier, interrupted run may have left behind.
-fn clean_leftovers() {
+fn clean_leftovers(layout: &Layout) {
+    let ns_prefix = format!("{}-", layout.prefix);
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with(NETNS_PREFIX) {
+            if name.starts_with(&ns_prefix) {
                 ip_quiet(&["netns", "del", name]);
                 let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
             }
         }
     }
-    ip_quiet(&["link", "del", BRIDGE]);
-    ip_quiet(&["route", "del", "unreachable", SERVICE_RANGE]);
+    ip_quiet(&["link", "del", layout.bridge]);
+    if let Some(range) = layout.unreachable {
+        ip_quiet(&["route", "del", "unreachable", range]);
+    }
 }
 
 impl Network {
+    /// The test bed's pod network ([`TESTBED`]).
     pub fn setup() -> anyhow::Result<Network> {
-        clean_leftovers();
-        ip(&["link", "add", BRIDGE, "type", "bridge"]).context("creating the pod bridge (the test bed needs root)")?;
-        ip(&["addr", "add", &format!("{GATEWAY}/16"), "dev", BRIDGE])?;
-        ip(&["link", "set", BRIDGE, "up"])?;
-        ip(&["route", "add", "unreachable", SERVICE_RANGE])?;
+        Network::setup_with(TESTBED)
+    }
+
+    pub fn setup_with(layout: Layout) -> anyhow::Result<Network> {
+        clean_leftovers(&layout);
+        ip(&["link", "add", layout.bridge, "type", "bridge"])
+            .context("creating the bridge (network namespaces need root)")?;
+        ip(&["addr", "add", &format!("{}/16", layout.gateway()), "dev", layout.bridge])?;
+        ip(&["link", "set", layout.bridge, "up"])?;
+        if let Some(range) = layout.unreachable {
+            ip(&["route", "add", "unreachable", range])?;
+        }
         Ok(Network {
+            layout,
             next: AtomicU32::new(2),
             pods: Mutex::default(),
         })
+    }
+
+    /// The host's address on the bridge.
+    pub fn gateway(&self) -> String {
+        self.layout.gateway()
     }
 
     /// Creates a network namespace with its own address for the pod `key` (its uid).
@@ -75,14 +121,14 @@ impl Network {
             return Ok(p.clone());
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let addr = format!("10.244.{}.{}", n / 250, n % 250 + 2);
-        let netns = format!("{NETNS_PREFIX}{n}");
-        let host_veth = format!("rkvh{n}");
-        let pod_veth = format!("rkvp{n}");
+        let addr = format!("{}.{}.{}", self.layout.net, n / 250, n % 250 + 2);
+        let netns = format!("{}-{n}", self.layout.prefix);
+        let host_veth = format!("{}h{n}", self.layout.prefix);
+        let pod_veth = format!("{}p{n}", self.layout.prefix);
         ip(&["netns", "add", &netns])?;
         ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth])?;
         ip(&["link", "set", &pod_veth, "netns", &netns])?;
-        ip(&["link", "set", &host_veth, "master", BRIDGE])?;
+        ip(&["link", "set", &host_veth, "master", self.layout.bridge])?;
         ip(&["link", "set", &host_veth, "up"])?;
         ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])?;
         ip(&[
@@ -102,6 +148,7 @@ impl Network {
         let p = PodNet {
             netns,
             ip: addr,
+            device: pod_veth,
             host_veth,
         };
         self.pods
@@ -151,6 +198,6 @@ impl Drop for Network {
         for k in keys {
             self.remove_pod(&k);
         }
-        clean_leftovers();
+        clean_leftovers(&self.layout);
     }
 }
