@@ -305,7 +305,7 @@ async fn a_leader_restarted_at_once_serves_no_stale_reads() {
         let mut n = 0u64;
         while Instant::now() < until {
             n += 1;
-            let consistency = if n % 2 == 0 { "lease" } else { "linearizable" };
+            let consistency = if n.is_multiple_of(2) { "lease" } else { "linearizable" };
             let Ok(r) = c
                 .http
                 .get(c.nodes[l].url(&format!("/v1/kv/k?consistency={consistency}")))
