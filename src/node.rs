@@ -167,6 +167,7 @@ impl Node {
             sm,
             admin: admin.clone(),
             forwarder: api::forward::Forwarder::new(),
+            peers: network.clone(),
             limits: Limits {
                 max_value_bytes: args.max_value_bytes,
                 request_timeout: Duration::from_millis(args.request_timeout_ms),

@@ -160,27 +160,62 @@ async fn linearize(state: &ApiState, consistency: Consistency) -> Result<bool, A
     }
 }
 
-/// Reads run where their consistency allows: stale reads here, the rest on the leader.
-async fn read<F>(state: &ApiState, req: &Incoming, consistency: Consistency, serve: F) -> Result<Response, ApiError>
+/// Reads are served by the node asked: stale ones at once; linearizable and lease ones on the
+/// leader once it has confirmed its leadership, and on a follower once the leader has answered
+/// a `ReadIndex` and this node has applied that far (openraft's follower read). A follower
+/// never relays the request itself, so reads spread over the cluster.
+async fn read<F>(state: &ApiState, consistency: Consistency, serve: F) -> Result<Response, ApiError>
 where
     F: Fn() -> Result<Response, ApiError>,
 {
-    let serve = &serve;
-    let mut resp = if consistency == Consistency::Stale {
-        serve()?
-    } else {
-        on_leader(state, req, move || async move {
-            if linearize(state, consistency).await? {
-                serve().map(Some)
-            } else {
-                Ok(None)
-            }
-        })
-        .await?
-    };
+    if consistency != Consistency::Stale {
+        linearize_here(state, consistency).await?;
+    }
+    let mut resp = serve()?;
     resp.headers_mut()
         .insert("x-raftkv-consistency", HeaderValue::from_static(consistency.as_str()));
     Ok(resp)
+}
+
+/// Waits until this node's state machine may serve a read at `consistency`.
+async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<(), ApiError> {
+    let deadline = Instant::now() + state.limits.request_timeout;
+    let mut last_error = "no leader known".to_string();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match state.leader() {
+            Leader::Me => {
+                if linearize(state, consistency).await? {
+                    return Ok(());
+                }
+                last_error = "leadership moved during the request".into();
+            }
+            Leader::Other { id, raft_addr, .. } => {
+                let lease = consistency == Consistency::Lease;
+                match state.peers.read_index(&raft_addr, id, lease, remaining).await {
+                    Ok(index) => {
+                        let applied = state
+                            .raft
+                            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+                            .applied_index_at_least(Some(index), "follower read")
+                            .await;
+                        return match applied {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(ApiError::NoLeader(format!(
+                                "this node did not apply the leader's read index {index} in time: {e}"
+                            ))),
+                        };
+                    }
+                    Err(e) => last_error = format!("leader {id} at {raft_addr}: {}", e.message()),
+                }
+            }
+            Leader::Unknown => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::NoLeader(last_error));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }
 
 /// Proposes `cmd` through Raft (on the leader, or forwarded there) and renders its result.
@@ -266,7 +301,7 @@ pub async fn get(State(state): State<ApiState>, req: Request) -> Result<Response
     let q = request::parse_query(req.query.as_deref(), &["consistency"])?;
     let not_modified_at = request::read_precondition(&req.headers)?;
     let consistency = q.consistency.unwrap_or_default();
-    read(&state, &req, consistency, || {
+    read(&state, consistency, || {
         let (revision, value) = state.sm.get(&key).map_err(storage_err)?.ok_or(ApiError::KeyNotFound)?;
         let etag = header_value(&request::etag(revision));
         if not_modified_at == Some(revision) {
@@ -296,7 +331,7 @@ pub async fn list(State(state): State<ApiState>, req: Request) -> Result<Respons
     let prefix = q.prefix.unwrap_or_default();
     let start = q.start.unwrap_or_default();
     let limit = q.limit.unwrap_or(100);
-    read(&state, &req, consistency, || {
+    read(&state, consistency, || {
         let (items, next) = state.sm.list(&prefix, &start, limit).map_err(storage_err)?;
         let items: Vec<Value> = items.iter().map(item_json).collect();
         let next_start = next.map(|k| percent_encode_key(&k));

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub sm: StateMachine,
     pub admin: Admin,
     pub forwarder: Forwarder,
+    /// Raft channels to the peers, for follower reads (`ReadIndex` on the leader).
+    pub peers: crate::transport::client::Network,
     pub limits: Limits,
     /// Set on SIGTERM or removal: new requests are refused while the node stops.
     pub stopping: Arc<Stopping>,
@@ -92,7 +94,7 @@ impl Stopping {
 /// Who leads, as far as this node knows.
 pub enum Leader {
     Me,
-    Other { id: NodeId, http_addr: String },
+    Other { id: NodeId, http_addr: String, raft_addr: String },
     Unknown,
 }
 
@@ -105,6 +107,7 @@ impl ApiState {
                 Some(node) => Leader::Other {
                     id: l,
                     http_addr: node.http_addr.clone(),
+                    raft_addr: node.raft_addr.clone(),
                 },
                 None => Leader::Unknown,
             },

@@ -83,6 +83,27 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Asks the leader `target` at `addr` for the index a linearizable (or, with `lease`, lease)
+    /// read must wait for on this node. See `ReadIndex` in raft.proto.
+    pub async fn read_index(&self, addr: &str, target: NodeId, lease: bool, timeout: Duration) -> Result<u64, tonic::Status> {
+        let channel = self
+            .channel(addr)
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad leader address {addr}: {e}")))?;
+        let mut req = tonic::Request::new(crate::pb::raft::ReadIndexRequest {
+            cluster_id: self.fence.outgoing(),
+            target,
+            lease,
+        });
+        req.set_timeout(timeout);
+        let mut client = RaftClient::new(channel);
+        match tokio::time::timeout(timeout, client.read_index(req)).await {
+            Ok(r) => r.map(|r| r.into_inner().index),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer from the leader")),
+        }
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 

@@ -5,14 +5,16 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ClusterFence;
 use crate::pb::raft::raft_server::Raft as RaftRpc;
-use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use crate::pb::raft::{snapshot_chunk, RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::SnapshotReader;
 use crate::storage::{SnapshotData, StateMachine};
@@ -165,6 +167,27 @@ impl RaftRpc for RaftService {
         // Installed snapshots are renamed away; a refused one is left behind as a .part file.
         let _ = std::fs::remove_file(&path);
         self.reply(&resp?)
+    }
+
+    async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let r = req.get_ref();
+        check_target(self.id, r.target)?;
+        self.fence.check(&r.cluster_id)?;
+        let policy = if r.lease {
+            ReadPolicy::LeaseRead
+        } else {
+            ReadPolicy::ReadIndex
+        };
+        match self.raft.get_read_linearizer(policy).await {
+            Ok(linearizer) => Ok(Response::new(ReadIndexResponse {
+                index: linearizer.read_log_id().index(),
+            })),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(Status::failed_precondition("this node is not the leader"))
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => Err(Status::unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
