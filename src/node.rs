@@ -167,7 +167,12 @@ impl Node {
             sm,
             admin: admin.clone(),
             forwarder: api::forward::Forwarder::new(),
-            peers: network.clone(),
+            reads: api::read_index::ReadIndexer::start(
+                id,
+                raft.clone(),
+                network.clone(),
+                Duration::from_millis(args.request_timeout_ms),
+            ),
             limits: Limits {
                 max_value_bytes: args.max_value_bytes,
                 request_timeout: Duration::from_millis(args.request_timeout_ms),

@@ -10,8 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
+use openraft::errors::{ClientWriteError, RaftError};
 use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
 
@@ -139,27 +138,6 @@ where
     }
 }
 
-/// Waits until this node may serve a read at `consistency`; `false` means "not the leader".
-async fn linearize(state: &ApiState, consistency: Consistency) -> Result<bool, ApiError> {
-    let policy = match consistency {
-        Consistency::Stale => return Ok(true),
-        Consistency::Linearizable => ReadPolicy::ReadIndex,
-        Consistency::Lease => ReadPolicy::LeaseRead,
-    };
-    let timeout = state.limits.request_timeout;
-    match tokio::time::timeout(timeout, state.raft.ensure_linearizable(policy)).await {
-        Err(_) => Err(ApiError::NoLeader(format!(
-            "could not confirm leadership within {timeout:?}"
-        ))),
-        Ok(Ok(_)) => Ok(true),
-        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(false),
-        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
-            Err(ApiError::NoLeader(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
-    }
-}
-
 /// Reads are served by the node asked: stale ones at once; linearizable and lease ones on the
 /// leader once it has confirmed its leadership, and on a follower once the leader has answered
 /// a `ReadIndex` and this node has applied that far (openraft's follower read). A follower
@@ -180,39 +158,30 @@ where
 /// Waits until this node's state machine may serve a read at `consistency`.
 async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<(), ApiError> {
     let deadline = Instant::now() + state.limits.request_timeout;
-    let mut last_error = "no leader known".to_string();
+    let lease = consistency == Consistency::Lease;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match state.leader() {
-            Leader::Me => {
-                if linearize(state, consistency).await? {
-                    return Ok(());
-                }
-                last_error = "leadership moved during the request".into();
+        let error = match tokio::time::timeout(remaining, state.reads.read_index(lease)).await {
+            Ok(Ok(index)) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return match state
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(ApiError::NoLeader(format!(
+                        "this node did not apply up to the read index {index} in time: {e}"
+                    ))),
+                };
             }
-            Leader::Other { id, raft_addr, .. } => {
-                let lease = consistency == Consistency::Lease;
-                match state.peers.read_index(&raft_addr, id, lease, remaining).await {
-                    Ok(index) => {
-                        let applied = state
-                            .raft
-                            .wait(Some(deadline.saturating_duration_since(Instant::now())))
-                            .applied_index_at_least(Some(index), "follower read")
-                            .await;
-                        return match applied {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(ApiError::NoLeader(format!(
-                                "this node did not apply the leader's read index {index} in time: {e}"
-                            ))),
-                        };
-                    }
-                    Err(e) => last_error = format!("leader {id} at {raft_addr}: {}", e.message()),
-                }
-            }
-            Leader::Unknown => {}
-        }
+            Ok(Err(e)) if !e.retry => return Err(ApiError::Unavailable(e.message)),
+            Ok(Err(e)) => e.message,
+            Err(_) => "no leader confirmed its leadership in time".to_string(),
+        };
         if Instant::now() >= deadline {
-            return Err(ApiError::NoLeader(last_error));
+            return Err(ApiError::NoLeader(error));
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod forward;
 pub mod kv;
+pub mod read_index;
 pub mod request;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -53,8 +54,8 @@ pub struct ApiState {
     pub sm: StateMachine,
     pub admin: Admin,
     pub forwarder: Forwarder,
-    /// Raft channels to the peers, for follower reads (`ReadIndex` on the leader).
-    pub peers: crate::transport::client::Network,
+    /// Batches linearizable and lease reads into shared leadership confirmations.
+    pub reads: read_index::ReadIndexer,
     pub limits: Limits,
     /// Set on SIGTERM or removal: new requests are refused while the node stops.
     pub stopping: Arc<Stopping>,
@@ -94,15 +95,26 @@ impl Stopping {
 /// Who leads, as far as this node knows.
 pub enum Leader {
     Me,
-    Other { id: NodeId, http_addr: String, raft_addr: String },
+    Other {
+        id: NodeId,
+        http_addr: String,
+        raft_addr: String,
+    },
     Unknown,
 }
 
 impl ApiState {
     pub fn leader(&self) -> Leader {
-        let m = crate::types::metrics(&self.raft);
+        Leader::of(&self.raft, self.id)
+    }
+}
+
+impl Leader {
+    /// The leader as `raft` (node `me`) currently knows it.
+    pub fn of(raft: &Raft, me: NodeId) -> Leader {
+        let m = crate::types::metrics(raft);
         match m.current_leader {
-            Some(l) if l == self.id => Leader::Me,
+            Some(l) if l == me => Leader::Me,
             Some(l) => match m.membership_config.membership().get_node(&l) {
                 Some(node) => Leader::Other {
                     id: l,

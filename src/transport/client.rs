@@ -86,7 +86,13 @@ impl Network {
 impl Network {
     /// Asks the leader `target` at `addr` for the index a linearizable (or, with `lease`, lease)
     /// read must wait for on this node. See `ReadIndex` in raft.proto.
-    pub async fn read_index(&self, addr: &str, target: NodeId, lease: bool, timeout: Duration) -> Result<u64, tonic::Status> {
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        target: NodeId,
+        lease: bool,
+        timeout: Duration,
+    ) -> Result<u64, tonic::Status> {
         let channel = self
             .channel(addr)
             .map_err(|e| tonic::Status::invalid_argument(format!("bad leader address {addr}: {e}")))?;

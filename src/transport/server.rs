@@ -185,7 +185,9 @@ impl RaftRpc for RaftService {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(Status::failed_precondition("this node is not the leader"))
             }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => Err(Status::unavailable(e.to_string())),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                Err(Status::unavailable(e.to_string()))
+            }
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
         }
     }

@@ -1,0 +1,129 @@
+//! Read indexes, batched. A linearizable (or lease) read may be served by this node once its
+//! state machine has applied the *read index*: the commit index of a leader that has confirmed,
+//! after the read arrived, that it still leads (by a heartbeat round, or by its lease). On the
+//! leader that confirmation comes from openraft; on a follower from the leader's `ReadIndex`
+//! RPC (openraft's follower read), so a follower serves reads itself instead of relaying them.
+//!
+//! Reads that arrive while a confirmation is in flight wait for the next one, and all of them
+//! share it: a burst of reads costs one heartbeat round or one RPC, not one each. Sharing is
+//! safe because every read in a batch was queued before its confirmation was asked for.
+
+use std::time::Duration;
+
+use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Leader;
+use crate::transport::client::Network;
+use crate::types::{NodeId, Raft};
+
+/// Why no read index was obtained; `retry` when another attempt (after the leader changes or is
+/// learnt) may succeed.
+#[derive(Debug, Clone)]
+pub struct NoReadIndex {
+    pub retry: bool,
+    pub message: String,
+}
+
+struct Waiter {
+    lease: bool,
+    reply: oneshot::Sender<Result<u64, NoReadIndex>>,
+}
+
+/// The handle that request handlers use; the batching runs in a task of its own.
+#[derive(Clone)]
+pub struct ReadIndexer {
+    tx: mpsc::UnboundedSender<Waiter>,
+}
+
+impl ReadIndexer {
+    /// Starts the batching task. `timeout` bounds each confirmation.
+    pub fn start(me: NodeId, raft: Raft, peers: Network, timeout: Duration) -> ReadIndexer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let source = Source {
+            me,
+            raft,
+            peers,
+            timeout,
+        };
+        tokio::spawn(source.run(rx));
+        ReadIndexer { tx }
+    }
+
+    /// A read index obtained after this call began.
+    pub async fn read_index(&self, lease: bool) -> Result<u64, NoReadIndex> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || NoReadIndex {
+            retry: false,
+            message: "the node is stopping".into(),
+        };
+        self.tx.send(Waiter { lease, reply }).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Where read indexes come from: this node's Raft when it leads, else the leader's RPC.
+struct Source {
+    me: NodeId,
+    raft: Raft,
+    peers: Network,
+    timeout: Duration,
+}
+
+impl Source {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(w) = rx.try_recv() {
+                batch.push(w);
+            }
+            let (lease, linearizable): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.lease);
+            tokio::join!(self.answer(linearizable, false), self.answer(lease, true));
+        }
+    }
+
+    /// One confirmation for all of `waiters`.
+    async fn answer(&self, waiters: Vec<Waiter>, lease: bool) {
+        if waiters.is_empty() {
+            return;
+        }
+        let result = self.confirm(lease).await;
+        for w in waiters {
+            let _ = w.reply.send(result.clone());
+        }
+    }
+
+    async fn confirm(&self, lease: bool) -> Result<u64, NoReadIndex> {
+        let retry = |message: String| NoReadIndex { retry: true, message };
+        match Leader::of(&self.raft, self.me) {
+            Leader::Me => {
+                let policy = if lease {
+                    ReadPolicy::LeaseRead
+                } else {
+                    ReadPolicy::ReadIndex
+                };
+                match tokio::time::timeout(self.timeout, self.raft.get_read_linearizer(policy)).await {
+                    Err(_) => Err(retry(format!("could not confirm leadership within {:?}", self.timeout))),
+                    Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                        Err(retry("leadership moved during the request".into()))
+                    }
+                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+                        Err(retry(e.to_string()))
+                    }
+                    Ok(Err(RaftError::Fatal(e))) => Err(NoReadIndex {
+                        retry: false,
+                        message: format!("raft stopped: {e}"),
+                    }),
+                }
+            }
+            Leader::Other { id, raft_addr, .. } => self
+                .peers
+                .read_index(&raft_addr, id, lease, self.timeout)
+                .await
+                .map_err(|e| retry(format!("leader {id} at {raft_addr}: {}", e.message()))),
+            Leader::Unknown => Err(retry("no leader known".into())),
+        }
+    }
+}
