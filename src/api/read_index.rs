@@ -4,15 +4,17 @@
 //! leader that confirmation comes from openraft; on a follower from the leader's `ReadIndex`
 //! RPC (openraft's follower read), so a follower serves reads itself instead of relaying them.
 //!
-//! Reads that arrive while a confirmation is in flight wait for the next one, and all of them
-//! share it: a burst of reads costs one heartbeat round or one RPC, not one each. Sharing is
-//! safe because every read in a batch was queued before its confirmation was asked for.
+//! A few confirmations may be in flight at once; reads that arrive while all of them are wait for
+//! the next one, and all of them share it: a burst of reads costs one heartbeat round or one RPC,
+//! not one each. Sharing is safe because every read in a batch was queued before its
+//! confirmation was asked for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::Leader;
 use crate::transport::client::Network;
@@ -47,7 +49,7 @@ impl ReadIndexer {
             peers,
             timeout,
         };
-        tokio::spawn(source.run(rx));
+        tokio::spawn(Arc::new(source).run(rx));
         ReadIndexer { tx }
     }
 
@@ -63,6 +65,10 @@ impl ReadIndexer {
     }
 }
 
+/// Confirmations in flight at once: enough to keep latency low at low concurrency, few enough
+/// that reads batch up under load.
+const IN_FLIGHT: usize = 4;
+
 /// Where read indexes come from: this node's Raft when it leads, else the leader's RPC.
 struct Source {
     me: NodeId,
@@ -72,14 +78,23 @@ struct Source {
 }
 
 impl Source {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         while let Some(first) = rx.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            // Everything queued by now goes into this batch.
             let mut batch = vec![first];
             while let Ok(w) = rx.try_recv() {
                 batch.push(w);
             }
-            let (lease, linearizable): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.lease);
-            tokio::join!(self.answer(linearizable, false), self.answer(lease, true));
+            let source = self.clone();
+            tokio::spawn(async move {
+                let (lease, linearizable): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.lease);
+                tokio::join!(source.answer(linearizable, false), source.answer(lease, true));
+                drop(slot);
+            });
         }
     }
 
