@@ -108,8 +108,8 @@ pub fn lost_writes(ops: &[Op], finals: &BTreeMap<String, Option<String>>) -> Vec
 }
 
 /// For each fault kind, the longest stretch without a successful write (`done`: the times of
-/// successful writes, sorted) that overlaps a fault of that kind (from its injection until the
-/// cluster was whole again).
+/// successful writes, sorted) during a fault of that kind (from its injection until the cluster
+/// was whole again).
 pub fn unavailability(done: &[Duration], faults: &[Fault], end: Duration) -> BTreeMap<FaultKind, Duration> {
     let mut worst: BTreeMap<FaultKind, Duration> = BTreeMap::new();
     for f in faults {
@@ -119,10 +119,12 @@ pub fn unavailability(done: &[Duration], faults: &[Fault], end: Duration) -> BTr
         let mut points = vec![from.min(done.first().copied().unwrap_or(from))];
         points.extend(done.iter().copied());
         points.push(to.max(done.last().copied().unwrap_or(to)));
+        // A stretch that began before this fault (under the previous one) counts from this
+        // fault's start only.
         let longest = points
             .windows(2)
             .filter(|w| w[1] >= from && w[0] <= to)
-            .map(|w| w[1].saturating_sub(w[0]))
+            .map(|w| w[1].saturating_sub(w[0].max(from)))
             .max()
             .unwrap_or_default();
         let e = worst.entry(f.kind).or_default();
@@ -263,6 +265,6 @@ mod tests {
             recovered: Some(Duration::from_millis(600)),
         };
         let u = unavailability(&done, &[fault], Duration::from_secs(1));
-        assert_eq!(u[&FaultKind::KillLeader], Duration::from_millis(870));
+        assert_eq!(u[&FaultKind::KillLeader], Duration::from_millis(800));
     }
 }
