@@ -111,44 +111,35 @@ func step(state, input, output interface{}) (bool, interface{}) {
 }
 
 func partitionOps(history []porcupine.Operation) [][]porcupine.Operation {
-	byKey := make(map[string][]porcupine.Operation)
-	var keys []string
-	for _, op := range history {
-		k := op.Input.(kvInput).key
-		if _, ok := byKey[k]; !ok {
-			keys = append(keys, k)
-		}
-		byKey[k] = append(byKey[k], op)
-	}
-	sort.Strings(keys)
-	out := make([][]porcupine.Operation, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, byKey[k])
-	}
-	return out
+	return groupByKey(history, func(op porcupine.Operation) string { return op.Input.(kvInput).key })
 }
 
 // partitionEvents splits an event history by key; a return event carries no
 // key, so it follows its call event's id.
 func partitionEvents(history []porcupine.Event) [][]porcupine.Event {
-	byKey := make(map[string][]porcupine.Event)
 	keyOfID := make(map[int]string)
-	var keys []string
-	for _, ev := range history {
-		var k string
+	return groupByKey(history, func(ev porcupine.Event) string {
 		if ev.Kind == porcupine.CallEvent {
-			k = ev.Value.(kvInput).key
-			keyOfID[ev.Id] = k
-		} else {
-			k = keyOfID[ev.Id]
+			keyOfID[ev.Id] = ev.Value.(kvInput).key
 		}
+		return keyOfID[ev.Id]
+	})
+}
+
+// groupByKey splits items by key, keeping their order within a key; groups
+// come in key order. key is called once per item, in order.
+func groupByKey[T any](items []T, key func(T) string) [][]T {
+	byKey := make(map[string][]T)
+	var keys []string
+	for _, it := range items {
+		k := key(it)
 		if _, ok := byKey[k]; !ok {
 			keys = append(keys, k)
 		}
-		byKey[k] = append(byKey[k], ev)
+		byKey[k] = append(byKey[k], it)
 	}
 	sort.Strings(keys)
-	out := make([][]porcupine.Event, 0, len(keys))
+	out := make([][]T, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, byKey[k])
 	}
