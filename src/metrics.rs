@@ -46,6 +46,7 @@ pub struct Metrics {
     pub log_append_duration: Histogram,
     pub log_append_batch: Histogram,
     pub apply_duration: Histogram,
+    pub state_flush_duration: Histogram,
     pub entries_applied: IntCounter,
     pub db_size: IntGaugeVec,
     pub snapshot_build_duration: Histogram,
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub forwarded: IntCounterVec,
+    pub proposal_commands: Histogram,
     pub rpcs: IntCounterVec,
     pub rpc_duration: HistogramVec,
 }
@@ -236,7 +238,15 @@ impl Metrics {
                 r,
                 h(
                     "raftkv_storage_apply_duration_seconds",
-                    "Time to apply one batch of committed entries (etcd: backend_commit_duration).",
+                    "Time to apply one batch of committed entries to the state machine's in-memory layer.",
+                    latency_buckets()
+                )?
+            ),
+            state_flush_duration: reg!(
+                r,
+                h(
+                    "raftkv_storage_state_flush_duration_seconds",
+                    "Time to write applied changes to the state database in one transaction (etcd: backend_commit_duration).",
                     latency_buckets()
                 )?
             ),
@@ -311,10 +321,18 @@ impl Metrics {
                 r,
                 IntCounterVec::new(
                     Opts::new(
-                        "raftkv_http_forwarded_total",
-                        "Requests this node forwarded to the leader, by result."
+                        "raftkv_raft_writes_forwarded_total",
+                        "Client writes this node sent to the leader (in Propose RPCs), by result."
                     ),
                     &["result"]
+                )?
+            ),
+            proposal_commands: reg!(
+                r,
+                h(
+                    "raftkv_raft_proposal_commands",
+                    "Client writes per proposal (one Raft entry) this node made or sent to the leader.",
+                    exponential_buckets(1.0, 2.0, 13).unwrap_or_default()
                 )?
             ),
             rpcs: reg!(
@@ -365,6 +383,16 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Records one HTTP request.
+    pub fn http_request(&self, route: &str, method: &str, status: axum::http::StatusCode, elapsed: Duration) {
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+        self.http_requests
+            .with_label_values(&[route, method, status.as_str()])
+            .inc();
+    }
+
     /// Records one Raft RPC to `peer`.
     pub fn rpc(&self, peer: NodeId, method: &str, result: &str, elapsed: Option<Duration>) {
         let peer = peer.to_string();
@@ -388,6 +416,9 @@ impl StateObserver for Metrics {
     fn applied(&self, entries: usize, elapsed: Duration) {
         self.apply_duration.observe(elapsed.as_secs_f64());
         self.entries_applied.inc_by(entries as u64);
+    }
+    fn flushed(&self, _keys: usize, elapsed: Duration) {
+        self.state_flush_duration.observe(elapsed.as_secs_f64());
     }
     fn snapshot_built(&self, bytes: u64, elapsed: Duration) {
         self.snapshot_build_duration.observe(elapsed.as_secs_f64());

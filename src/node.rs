@@ -129,9 +129,16 @@ impl Node {
         let stopping = Arc::new(Stopping::default());
         let mut servers = Vec::new();
 
-        let raft_svc = RaftServer::new(RaftService::new(id, raft.clone(), fence.clone(), sm.clone()))
-            .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE);
+        let proposer = api::propose::Proposer::start(id, raft.clone(), network.clone(), metrics.clone());
+        let raft_svc = RaftServer::new(RaftService::new(
+            id,
+            raft.clone(),
+            fence.clone(),
+            sm.clone(),
+            proposer.clone(),
+        ))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let admin_svc = AdminServer::new(AdminService::new(admin.clone(), args.cluster_id.clone()));
         // tonic's own tcp_nodelay applies only to listeners it binds itself: set it on each
         // accepted connection, or small Raft messages wait for delayed ACKs (~40 ms).
@@ -166,7 +173,7 @@ impl Node {
             raft: raft.clone(),
             sm,
             admin: admin.clone(),
-            forwarder: api::forward::Forwarder::new(),
+            proposer,
             reads: api::read_index::ReadIndexer::start(
                 id,
                 raft.clone(),

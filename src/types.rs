@@ -28,8 +28,8 @@ impl fmt::Display for NodeAddr {
 openraft::declare_raft_types!(
     /// openraft's type configuration for raftkv.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = Vec<CommandResult>,
         Node = NodeAddr,
 );
 
@@ -87,17 +87,29 @@ impl fmt::Display for Command {
     }
 }
 
-/// The outcome of applying one log entry to the state machine.
+/// What one Raft entry carries: client writes that arrived together, gathered by the proposer
+/// (`crate::propose`) so that one entry, one fsync and one replication message serve them all.
+/// They are applied in order, each seeing the effects of those before it, and answered one
+/// [`CommandResult`] each, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal(pub Vec<Command>);
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal({} commands)", self.0.len())
+    }
+}
+
+/// The outcome of applying one command to the state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// The key now holds the value written at `revision` (the entry's log index).
+    /// The key now holds the value written at `revision`: the store's revision, a counter that
+    /// every change to a key increments (as etcd's does).
     Written { revision: u64 },
     /// The key was deleted; `existed` says whether there was anything to delete.
     Deleted { existed: bool },
     /// The precondition did not hold; nothing changed. `current` is the key's revision.
     PreconditionFailed { current: Option<u64> },
-    /// A blank or membership entry.
-    None,
 }
 
 /// The current value of openraft's metrics (a clone, so no lock is held).

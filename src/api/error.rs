@@ -25,15 +25,13 @@ pub enum ApiError {
     PreconditionFailed { message: String, current: Option<u64> },
     #[error("no leader is available ({0}); the cluster may have lost quorum or be electing a new leader")]
     NoLeader(String),
-    #[error("this node is not the leader and does not forward a forwarded request")]
-    NotLeader,
     #[error("{0}; the outcome of a write is unknown, read the key before retrying")]
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("this node has been removed from the cluster and no longer serves; use another member")]
     Removed,
-    #[error("forwarding to the leader failed: {0}")]
+    #[error("the leader's answer was lost: {0}")]
     BadGateway(String),
     #[error("no route for {0}")]
     NoRoute(String),
@@ -56,9 +54,7 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            ApiError::NoLeader(_) | ApiError::NotLeader | ApiError::Unavailable(_) | ApiError::Removed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoLeader(_) | ApiError::Unavailable(_) | ApiError::Removed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,7 +74,6 @@ impl ApiError {
             ApiError::KeyNotFound => "key_not_found",
             ApiError::PreconditionFailed { .. } => "precondition_failed",
             ApiError::NoLeader(_) => "no_leader",
-            ApiError::NotLeader => "not_leader",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Removed => "removed",

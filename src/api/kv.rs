@@ -1,35 +1,32 @@
-//! The key-value endpoints: parse, then read locally, propose through Raft, or forward to the
-//! leader, then encode. Every handler follows those steps in that order.
+//! The key-value endpoints: parse, then read locally or propose through Raft, then encode.
+//! Every handler follows those steps in that order.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
-use openraft::errors::{ClientWriteError, RaftError};
 use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::forward::{is_not_leader, ForwardError, FORWARDED_BY};
+use super::propose::ProposeError;
 use super::request::{self, Consistency};
-use super::{ApiState, Leader};
+use super::{ApiState, NODE_HEADER};
 use crate::storage::KeyValue;
-use crate::types::{Command, CommandResult};
+use crate::types::{Command, CommandResult, NodeId};
 
-/// A request as the handlers need it: everything needed to forward it, too.
+/// A request as the handlers need it.
 struct Incoming {
-    method: Method,
     path: String,
-    path_and_query: String,
     query: Option<String>,
     headers: axum::http::HeaderMap,
     body: Bytes,
-    forwarded: bool,
 }
 
 impl Incoming {
@@ -49,14 +46,8 @@ impl Incoming {
             .await
             .map_err(|_| too_large(body_limit + 1, body_limit))?;
         Ok(Incoming {
-            method: parts.method,
             path: parts.uri.path().to_string(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
             query: parts.uri.query().map(str::to_string),
-            forwarded: parts.headers.contains_key(FORWARDED_BY),
             headers: parts.headers,
             body,
         })
@@ -73,69 +64,6 @@ impl Incoming {
 
 fn too_large(size: usize, limit: usize) -> ApiError {
     ApiError::ValueTooLarge { size, limit }
-}
-
-/// Runs `local` on the leader, or forwards the request there, until `deadline`.
-async fn on_leader<F, Fut>(state: &ApiState, req: &Incoming, mut local: F) -> Result<Response, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Response>, ApiError>>,
-{
-    let deadline = Instant::now() + state.limits.request_timeout;
-    let mut last_error = "no leader known".to_string();
-    loop {
-        match state.leader() {
-            Leader::Me => {
-                // `None` means leadership moved while proposing: route again.
-                if let Some(resp) = local().await? {
-                    return Ok(resp);
-                }
-                last_error = "leadership moved during the request".into();
-            }
-            Leader::Other { http_addr, .. } if !req.forwarded => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let sent = state
-                    .forwarder
-                    .forward(
-                        &http_addr,
-                        &req.method,
-                        &req.path_and_query,
-                        &req.headers,
-                        req.body.clone(),
-                        state.id,
-                        remaining,
-                    )
-                    .await;
-                match sent {
-                    Ok(resp) => {
-                        let (not_leader, resp) = is_not_leader(resp).await;
-                        if !not_leader {
-                            state.metrics.forwarded.with_label_values(&["ok"]).inc();
-                            return Ok(resp);
-                        }
-                        state.metrics.forwarded.with_label_values(&["not_leader"]).inc();
-                        last_error = format!("node at {http_addr} is no longer the leader");
-                    }
-                    Err(ForwardError::NotSent(e)) => {
-                        state.metrics.forwarded.with_label_values(&["unreachable"]).inc();
-                        last_error = format!("leader at {http_addr} unreachable: {e}")
-                    }
-                    Err(ForwardError::Unknown(e)) => {
-                        state.metrics.forwarded.with_label_values(&["error"]).inc();
-                        return Err(ApiError::BadGateway(format!(
-                            "{http_addr}: {e}; the outcome is unknown"
-                        )));
-                    }
-                }
-            }
-            Leader::Other { .. } => return Err(ApiError::NotLeader),
-            Leader::Unknown => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(ApiError::NoLeader(last_error));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
 }
 
 /// Reads are served by the node asked: stale ones at once; linearizable and lease ones on the
@@ -165,8 +93,7 @@ async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<()
             Ok(Ok(index)) => {
                 // The state machine itself is the freshest word on what has been applied (the
                 // metrics that `wait` watches are published a little later).
-                let applied = state.sm.applied().map_err(storage_err)?;
-                if applied.is_some_and(|a| a.index >= index) {
+                if state.sm.applied_index().is_some_and(|a| a >= index) {
                     return Ok(());
                 }
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -193,47 +120,41 @@ async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<()
     }
 }
 
-/// Proposes `cmd` through Raft (on the leader, or forwarded there) and renders its result.
-async fn write(state: &ApiState, req: &Incoming, cmd: Command) -> Result<Response, ApiError> {
-    on_leader(state, req, || {
-        let cmd = cmd.clone();
-        async move {
-            let timeout = state.limits.request_timeout;
-            match tokio::time::timeout(timeout, state.raft.client_write(cmd)).await {
-                Err(_) => Err(ApiError::Timeout(format!(
-                    "the write was not committed within {timeout:?}"
-                ))),
-                Ok(Ok(resp)) => render_write(state, resp.data).map(Some),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
-                Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(ApiError::Timeout(
-                    "leadership changed while the write was in flight".into(),
-                )),
-                Ok(Err(RaftError::Fatal(e))) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
-                Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
-            }
-        }
-    })
-    .await
+/// Proposes `cmd` through Raft (batched with the writes that arrive with it; on a follower,
+/// sent to the leader) and renders its result.
+async fn write(state: &ApiState, cmd: Command) -> Result<Response, ApiError> {
+    let deadline = Instant::now() + state.limits.request_timeout;
+    let (result, leader) = state.proposer.propose(cmd, deadline).await.map_err(|e| match e {
+        ProposeError::NoLeader(m) | ProposeError::NotLeader(m) => ApiError::NoLeader(m),
+        ProposeError::Timeout(m) => ApiError::Timeout(m),
+        ProposeError::Unknown(m) => ApiError::BadGateway(format!("{m}; the outcome is unknown")),
+        ProposeError::Stopped(m) => ApiError::Unavailable(m),
+    })?;
+    render_write(result, leader)
 }
 
-fn render_write(state: &ApiState, result: CommandResult) -> Result<Response, ApiError> {
-    match result {
+/// The answer to a write names the leader that proposed it, as the node that served it.
+fn render_write(result: CommandResult, leader: NodeId) -> Result<Response, ApiError> {
+    let mut resp = match result {
         CommandResult::Written { revision } => {
-            let mut resp = Json(json!({ "revision": revision, "node": state.id })).into_response();
+            let mut resp = Json(json!({ "revision": revision, "node": leader })).into_response();
             resp.headers_mut()
                 .insert(header::ETAG, header_value(&request::etag(revision)));
-            Ok(resp)
+            resp
         }
-        CommandResult::Deleted { existed } => Ok(Json(json!({ "deleted": existed, "node": state.id })).into_response()),
-        CommandResult::PreconditionFailed { current } => Err(ApiError::PreconditionFailed {
-            message: match current {
-                Some(r) => format!("the key is at revision {r}"),
-                None => "the key does not exist".into(),
-            },
-            current,
-        }),
-        CommandResult::None => Err(ApiError::Internal("a key-value command produced no result".into())),
-    }
+        CommandResult::Deleted { existed } => Json(json!({ "deleted": existed, "node": leader })).into_response(),
+        CommandResult::PreconditionFailed { current } => {
+            return Err(ApiError::PreconditionFailed {
+                message: match current {
+                    Some(r) => format!("the key is at revision {r}"),
+                    None => "the key does not exist".into(),
+                },
+                current,
+            })
+        }
+    };
+    resp.headers_mut().insert(NODE_HEADER, HeaderValue::from(leader));
+    Ok(resp)
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -245,7 +166,7 @@ fn storage_err(e: std::io::Error) -> ApiError {
 }
 
 /// `PUT /v1/kv/{key}`: the body is the value.
-pub async fn put(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+pub async fn put(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     let key = request::key_from_path(&req.path)?;
     request::parse_query(req.query.as_deref(), &[])?;
@@ -255,21 +176,21 @@ pub async fn put(State(state): State<ApiState>, req: Request) -> Result<Response
         value: req.body.clone(),
         precondition,
     };
-    write(&state, &req, cmd).await
+    write(&state, cmd).await
 }
 
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+pub async fn delete(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("DELETE")?;
     let key = request::key_from_path(&req.path)?;
     request::parse_query(req.query.as_deref(), &[])?;
     let precondition = request::write_precondition(&req.headers)?;
-    write(&state, &req, Command::Delete { key, precondition }).await
+    write(&state, Command::Delete { key, precondition }).await
 }
 
 /// `GET /v1/kv/{key}`: the raw value.
-pub async fn get(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("GET")?;
     let key = request::key_from_path(&req.path)?;
@@ -298,7 +219,7 @@ pub async fn get(State(state): State<ApiState>, req: Request) -> Result<Response
 }
 
 /// `GET /v1/kv?prefix=&start=&limit=`: keys and values in key order, one page at a time.
-pub async fn list(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("GET")?;
     let q = request::parse_query(req.query.as_deref(), &["consistency", "prefix", "start", "limit"])?;

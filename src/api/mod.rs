@@ -2,8 +2,8 @@
 //! the join endpoint that `serve --join` uses.
 
 pub mod error;
-pub mod forward;
 pub mod kv;
+pub mod propose;
 pub mod read_index;
 pub mod request;
 
@@ -27,7 +27,9 @@ use crate::pb::admin::AddMemberRequest;
 use crate::storage::StateMachine;
 use crate::types::{NodeId, Raft};
 use error::ApiError;
-use forward::{Forwarder, NODE_HEADER};
+
+/// Every response names the node that served it (for a write: the leader that proposed it).
+pub const NODE_HEADER: &str = "x-raftkv-node";
 
 /// Limits on what a client may send and how long a request may take.
 #[derive(Debug, Clone, Copy)]
@@ -46,14 +48,14 @@ impl Default for Limits {
     }
 }
 
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
+/// Everything a handler needs (shared behind an `Arc`).
 pub struct ApiState {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachine,
     pub admin: Admin,
-    pub forwarder: Forwarder,
+    /// Batches writes into proposals, and sends a follower's to the leader.
+    pub proposer: propose::Proposer,
     /// Batches linearizable and lease reads into shared leadership confirmations.
     pub reads: read_index::ReadIndexer,
     pub limits: Limits,
@@ -112,7 +114,10 @@ impl ApiState {
 impl Leader {
     /// The leader as `raft` (node `me`) currently knows it.
     pub fn of(raft: &Raft, me: NodeId) -> Leader {
-        let m = crate::types::metrics(raft);
+        use openraft::async_runtime::WatchReceiver;
+        // Borrowed, not cloned: this runs for every proposal and read batch.
+        let rx = raft.metrics();
+        let m = rx.borrow_watched();
         match m.current_leader {
             Some(l) if l == me => Leader::Me,
             Some(l) => match m.membership_config.membership().get_node(&l) {
@@ -129,7 +134,8 @@ impl Leader {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let node_header = HeaderValue::from_str(&state.id.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let state = Arc::new(state);
+    let node_header = HeaderValue::from(state.id);
     Router::new()
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
@@ -147,7 +153,7 @@ pub fn router(state: ApiState) -> Router {
             let v = node_header.clone();
             async move {
                 let mut resp = next.run(req).await;
-                // A forwarded answer already names the node that served it.
+                // A write's answer already names the leader that served it.
                 resp.headers_mut().entry(NODE_HEADER).or_insert(v);
                 resp
             }
@@ -155,7 +161,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn refuse_when_stopping(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn refuse_when_stopping(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     if req.uri().path() != "/healthz" {
         if let Some(refusal) = state.stopping.refusal() {
             return refusal.into_response();
@@ -167,26 +173,16 @@ async fn refuse_when_stopping(State(state): State<ApiState>, req: Request, next:
 /// Counts and times every request by its route template (never the raw path: keys would make
 /// the label set unbounded).
 async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let method = req.method().as_str().to_string();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    metrics
-        .http_duration
-        .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
-    metrics
-        .http_requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
-        .inc();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    metrics.http_request(route, method.as_str(), resp.status(), started.elapsed());
     resp
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -212,7 +208,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: a member of a cluster that has a leader, with everything it knows to be
 /// committed applied.
-async fn readyz(State(state): State<ApiState>) -> Response {
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     match not_ready_reason(&state.raft) {
         None => Json(json!({ "status": "ready" })).into_response(),
         Some(reason) => (
@@ -223,7 +219,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
-async fn status(State(state): State<ApiState>) -> Response {
+async fn status(State(state): State<Arc<ApiState>>) -> Response {
     Json(state.admin.status()).into_response()
 }
 
@@ -238,7 +234,7 @@ struct JoinRequest {
 }
 
 /// `POST /v1/cluster/join`: add the caller as a voter (or learner), forwarded to the leader.
-async fn join(State(state): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn join(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: JoinRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
     let add = AddMemberRequest {

@@ -7,7 +7,8 @@
 //! fsync is in flight, so batches grow by themselves and fsyncs stop capping throughput.
 //!
 //! Vote, truncate and purge are rare: they go through the same queue (the writer keeps every
-//! write in order, as openraft requires) and their callers wait until they are durable.
+//! write in order, as openraft requires) and their callers wait until they are durable. The
+//! committed id, saved on every commit, rides along with the next durable batch.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -60,6 +61,8 @@ struct Shared {
     cache: Mutex<TailCache>,
     vote: Mutex<Option<Vote>>,
     last_purged: Mutex<Option<LogId>>,
+    /// The committed id last saved in this process (`None`: none yet, read it from disk).
+    committed: Mutex<Option<Option<LogId>>>,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ impl LogStore {
             cache: Mutex::new(TailCache::default()),
             vote: Mutex::new(vote),
             last_purged: Mutex::new(last_purged),
+            committed: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -160,6 +164,11 @@ impl LogStore {
 
 /// The writer thread: drain, write one transaction, fsync once, acknowledge everything.
 fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<dyn CommitObserver>) {
+    // The newest committed id not yet written. It rides along with the next durable batch
+    // instead of costing a transaction of its own: openraft saves it on every commit, and a
+    // committed id that is a little stale after a crash only means re-applying fewer entries
+    // at start-up (openraft learns the rest from the leader).
+    let mut committed: Option<Option<LogId>> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -168,8 +177,13 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
                 break;
             }
         }
+        for op in &batch {
+            if let WriteOp::Committed(c) = op {
+                committed = Some(*c);
+            }
+        }
         let started = std::time::Instant::now();
-        let result = write_batch(&shared.db, &batch);
+        let result = write_batch(&shared.db, &batch, &mut committed);
         let appended: usize = batch
             .iter()
             .map(|op| match op {
@@ -209,27 +223,23 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
     }
 }
 
-fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
+/// Writes `batch` in one transaction and fsyncs it, with the pending committed id (taken
+/// from `committed` once written).
+fn write_batch(db: &Database, batch: &[WriteOp], committed: &mut Option<Option<LogId>>) -> io::Result<()> {
     // Only entries, votes, truncations and purges must be on disk before they are
     // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
-    // heartbeats, and saves the committed id often) costs no fsync: every earlier batch is
-    // already durable, since the writer commits batches one after another.
+    // heartbeats) costs nothing: every earlier batch is already durable, since the writer
+    // commits batches one after another.
     let must_sync = batch.iter().any(|op| match op {
         WriteOp::Append { entries, .. } => !entries.is_empty(),
         WriteOp::Committed(_) => false,
         WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..) => true,
     });
-    let has_committed = batch.iter().any(|op| matches!(op, WriteOp::Committed(_)));
-    if !must_sync && !has_committed {
+    if !must_sync {
         return Ok(());
     }
     let mut txn = db.begin_write().map_err(io_err)?;
-    let durability = if must_sync {
-        Durability::Immediate
-    } else {
-        Durability::None
-    };
-    txn.set_durability(durability).map_err(io_err)?;
+    txn.set_durability(Durability::Immediate).map_err(io_err)?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
@@ -244,10 +254,7 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
                 WriteOp::Vote(vote, _) => {
                     meta.insert(KEY_VOTE, encode(vote)?.as_slice()).map_err(io_err)?;
                 }
-                WriteOp::Committed(committed) => {
-                    meta.insert(KEY_COMMITTED, encode(committed)?.as_slice())
-                        .map_err(io_err)?;
-                }
+                WriteOp::Committed(_) => {}
                 WriteOp::TruncateAfter(after, _) => {
                     let from = after.map_or(0, |i| i + 1);
                     log.retain_in(from.., |_, _| false).map_err(io_err)?;
@@ -259,8 +266,13 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> io::Result<()> {
                 }
             }
         }
+        if let Some(c) = committed {
+            meta.insert(KEY_COMMITTED, encode(c)?.as_slice()).map_err(io_err)?;
+        }
     }
-    txn.commit().map_err(io_err)
+    txn.commit().map_err(io_err)?;
+    *committed = None;
+    Ok(())
 }
 
 /// Drops durable entries from the front of the cache, keeping the last `CACHE_KEEP`.
@@ -396,12 +408,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not waited for: a committed id that is a little stale after a crash only means
-        // re-applying fewer entries at start-up; openraft learns the rest from the leader.
+        // Not waited for, and written with the next durable batch (see `writer_loop`).
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
         self.send(WriteOp::Committed(committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(c) = *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(c);
+        }
         let txn = self.shared.db.begin_read().map_err(io_err)?;
         let meta = txn.open_table(META).map_err(io_err)?;
         match meta.get(KEY_COMMITTED).map_err(io_err)? {

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod overlay;
 pub mod restore;
 pub mod snapshot;
 pub mod state_machine;

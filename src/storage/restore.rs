@@ -1,7 +1,7 @@
 //! Seeding a data directory from a backup: the first node of a new cluster.
 //!
-//! The restored node's log continues after the backup's last index (so revisions keep
-//! increasing), its snapshot holds exactly the backed-up keys, and its membership is just
+//! The restored node's log continues after the backup's last index and its store revision is
+//! the backup's (so revisions keep increasing), its snapshot holds exactly the backed-up keys, and its membership is just
 //! itself: started with `serve`, it elects itself and serves; others join it as usual.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +88,7 @@ pub async fn restore(
             path: backup.to_path_buf(),
             reason,
         })?;
-        let mut w = SnapshotWriter::create(&path, &meta)?;
+        let mut w = SnapshotWriter::create(&path, &meta, reader.revision())?;
         while let Some(r) = reader.next_record()? {
             w.record(&r.key, r.revision, &r.value)?;
         }

@@ -1,10 +1,12 @@
 //! The snapshot file: a self-describing, checksummed dump of the state machine.
 //!
 //! ```text
-//! "RKVSNAP1" | u32 meta_len | meta (postcard SnapshotMeta)
+//! "RKVSNAP2" | u32 meta_len | meta (postcard SnapshotMeta) | u64 store revision
 //! { 0x01 | u32 key_len | key | u64 revision | u32 value_len | value }*
 //! 0x00 | u64 record_count | u32 crc32 (of every byte before it)
 //! ```
+//! Version 1 files (`RKVSNAP1`) lack the store revision: revisions were log indexes then, so
+//! the last applied index stands in for it.
 //! The same format is a snapshot on disk, a snapshot on the wire and (later) a backup file: a
 //! node can verify any of them before it trusts a byte.
 
@@ -15,7 +17,8 @@ use std::path::{Path, PathBuf};
 use super::codec::{decode, encode};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RKVSNAP1";
+const MAGIC: &[u8; 8] = b"RKVSNAP2";
+const MAGIC_V1: &[u8; 8] = b"RKVSNAP1";
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 0;
 /// Upper bound on a key or value in a snapshot; anything bigger means a corrupt file.
@@ -51,8 +54,8 @@ pub struct SnapshotWriter<W: Write> {
 }
 
 impl SnapshotWriter<BufWriter<File>> {
-    pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<Self> {
-        Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), meta)
+    pub fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
+        Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), meta, revision)
     }
 
     /// Seals and fsyncs the file; returns its size in bytes.
@@ -65,7 +68,8 @@ impl SnapshotWriter<BufWriter<File>> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
+    /// Starts a snapshot of a state at `meta` whose store revision is `revision`.
+    pub fn new(out: W, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
         let mut w = SnapshotWriter {
             out,
             crc: crc32fast::Hasher::new(),
@@ -76,6 +80,7 @@ impl<W: Write> SnapshotWriter<W> {
         w.put(MAGIC)?;
         w.put(&(meta.len() as u32).to_le_bytes())?;
         w.put(&meta)?;
+        w.put(&revision.to_le_bytes())?;
         Ok(w)
     }
 
@@ -115,6 +120,7 @@ pub struct SnapshotReader<R: Read> {
     crc: crc32fast::Hasher,
     count: u64,
     meta: SnapshotMeta,
+    revision: u64,
     done: bool,
 }
 
@@ -138,12 +144,13 @@ impl<R: Read> SnapshotReader<R> {
             crc: crc32fast::Hasher::new(),
             count: 0,
             meta: SnapshotMeta::default(),
+            revision: 0,
             done: false,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)
             .map_err(|_| invalid("not a raftkv snapshot: file too short"))?;
-        if &magic != MAGIC {
+        if &magic != MAGIC && &magic != MAGIC_V1 {
             return Err(invalid("not a raftkv snapshot: bad magic bytes"));
         }
         let len = r.u32()?;
@@ -152,11 +159,21 @@ impl<R: Read> SnapshotReader<R> {
         }
         let meta = r.bytes(len)?;
         r.meta = decode(&meta)?;
+        r.revision = if &magic == MAGIC {
+            r.u64()?
+        } else {
+            r.meta.last_log_id.map_or(0, |l| l.index)
+        };
         Ok(r)
     }
 
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
+    }
+
+    /// The store revision of the state this snapshot holds.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {

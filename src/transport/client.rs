@@ -31,7 +31,7 @@ use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk, SnapshotHeader};
 use crate::storage::codec::{decode, encode};
 use crate::storage::SnapshotData;
-use crate::types::{NodeAddr, NodeId, TypeConfig, Vote};
+use crate::types::{CommandResult, NodeAddr, NodeId, Proposal, TypeConfig, Vote};
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
@@ -106,6 +106,69 @@ impl Network {
         match tokio::time::timeout(timeout, client.read_index(req)).await {
             Ok(r) => r.map(|r| r.into_inner().index),
             Err(_) => Err(tonic::Status::deadline_exceeded("no answer from the leader")),
+        }
+    }
+}
+
+/// Why a `Propose` RPC brought no results.
+#[derive(Debug)]
+pub enum ProposeFailure {
+    /// The node asked does not lead (or is not the node meant): nothing was proposed.
+    NotLeader(String),
+    /// No connection was made: nothing was sent.
+    NotSent(String),
+    /// No answer in time: the writes may or may not be applied.
+    Timeout,
+    /// The request was sent and the answer is unusable: the writes may or may not be applied.
+    Unknown(String),
+}
+
+/// Whether `status` comes from failing to connect, so that the request never left this node.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+impl Network {
+    /// Sends `proposal` to the leader `target` at `addr` (see `Propose` in raft.proto).
+    pub async fn propose(
+        &self,
+        addr: &str,
+        target: NodeId,
+        proposal: &Proposal,
+        timeout: Duration,
+    ) -> Result<Vec<CommandResult>, ProposeFailure> {
+        let channel = self
+            .channel(addr)
+            .map_err(|e| ProposeFailure::NotSent(format!("bad leader address {addr}: {e}")))?;
+        let payload = encode(proposal).map_err(|e| ProposeFailure::NotSent(e.to_string()))?;
+        let req = crate::pb::raft::ProposeRequest {
+            cluster_id: self.fence.outgoing(),
+            target,
+            proposal: Bytes::from(payload),
+            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        // A little longer than the leader's own bound, so that its answer (a timeout included)
+        // arrives rather than being cut off.
+        let wait = timeout + Duration::from_millis(250);
+        match tokio::time::timeout(wait, client.propose(req)).await {
+            Err(_) => Err(ProposeFailure::Timeout),
+            Ok(Ok(resp)) => decode(&resp.into_inner().results).map_err(|e| ProposeFailure::Unknown(e.to_string())),
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                Err(ProposeFailure::NotLeader(s.message().to_string()))
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(ProposeFailure::Timeout),
+            Ok(Err(s)) if never_sent(&s) => Err(ProposeFailure::NotSent(s.message().to_string())),
+            Ok(Err(s)) => Err(ProposeFailure::Unknown(format!("{}: {}", s.code(), s.message()))),
         }
     }
 }

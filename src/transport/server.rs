@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -13,18 +14,23 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ClusterFence;
+use crate::api::propose::{ProposeError, Proposer};
 use crate::pb::raft::raft_server::Raft as RaftRpc;
-use crate::pb::raft::{snapshot_chunk, RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
+use crate::pb::raft::{
+    snapshot_chunk, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+};
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::SnapshotReader;
 use crate::storage::{SnapshotData, StateMachine};
-use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{NodeId, Proposal, Raft, SnapshotMeta, TypeConfig, Vote};
 
 pub struct RaftService {
     id: NodeId,
     raft: Raft,
     fence: ClusterFence,
     sm: StateMachine,
+    /// Followers' writes join this node's proposals.
+    proposer: Proposer,
 }
 
 /// Refuses a message meant for another node id (see `RaftMessage.target` in raft.proto).
@@ -38,8 +44,14 @@ fn check_target(me: NodeId, target: u64) -> Result<(), Status> {
 }
 
 impl RaftService {
-    pub fn new(id: NodeId, raft: Raft, fence: ClusterFence, sm: StateMachine) -> Self {
-        RaftService { id, raft, fence, sm }
+    pub fn new(id: NodeId, raft: Raft, fence: ClusterFence, sm: StateMachine, proposer: Proposer) -> Self {
+        RaftService {
+            id,
+            raft,
+            fence,
+            sm,
+            proposer,
+        }
     }
 
     fn open<T: DeserializeOwned>(&self, msg: &RaftMessage) -> Result<T, Status> {
@@ -189,6 +201,24 @@ impl RaftRpc for RaftService {
                 Err(Status::unavailable(e.to_string()))
             }
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
+        let r = req.into_inner();
+        check_target(self.id, r.target)?;
+        self.fence.check(&r.cluster_id)?;
+        let Proposal(commands) =
+            decode(&r.proposal).map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
+        let deadline = Instant::now() + Duration::from_millis(u64::from(r.timeout_ms));
+        match self.proposer.propose_here(commands, deadline).await {
+            Ok(results) => Ok(Response::new(ProposeResponse {
+                results: Bytes::from(encode(&results).map_err(|e| Status::internal(e.to_string()))?),
+            })),
+            Err(ProposeError::NotLeader(m) | ProposeError::NoLeader(m)) => Err(Status::failed_precondition(m)),
+            Err(ProposeError::Timeout(m)) => Err(Status::deadline_exceeded(m)),
+            Err(ProposeError::Unknown(m)) => Err(Status::aborted(m)),
+            Err(ProposeError::Stopped(m)) => Err(Status::unavailable(m)),
         }
     }
 
