@@ -130,12 +130,19 @@ impl Node {
         let mut servers = Vec::new();
 
         let proposer = api::propose::Proposer::start(id, raft.clone(), network.clone(), metrics.clone());
+        let reads = api::read_index::ReadIndexer::start(
+            id,
+            raft.clone(),
+            network.clone(),
+            Duration::from_millis(args.request_timeout_ms),
+        );
         let raft_svc = RaftServer::new(RaftService::new(
             id,
             raft.clone(),
             fence.clone(),
             sm.clone(),
             proposer.clone(),
+            reads.clone(),
         ))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
@@ -174,12 +181,7 @@ impl Node {
             sm,
             admin: admin.clone(),
             proposer,
-            reads: api::read_index::ReadIndexer::start(
-                id,
-                raft.clone(),
-                network.clone(),
-                Duration::from_millis(args.request_timeout_ms),
-            ),
+            reads,
             limits: Limits {
                 max_value_bytes: args.max_value_bytes,
                 request_timeout: Duration::from_millis(args.request_timeout_ms),

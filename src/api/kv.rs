@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::propose::ProposeError;
+use super::read_index::NoReadIndex;
 use super::request::{self, Consistency};
 use super::{ApiState, NODE_HEADER};
 use crate::storage::KeyValue;
@@ -109,8 +110,9 @@ async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<()
                     ))),
                 };
             }
-            Ok(Err(e)) if !e.retry => return Err(ApiError::Unavailable(e.message)),
-            Ok(Err(e)) => e.message,
+            Ok(Err(NoReadIndex::Retry(why))) => why,
+            Ok(Err(NoReadIndex::NotLeader)) => "this node does not lead".to_string(),
+            Ok(Err(NoReadIndex::Stopped(why))) => return Err(ApiError::Unavailable(why)),
             Err(_) => "no leader confirmed its leadership in time".to_string(),
         };
         if Instant::now() >= deadline {

@@ -6,8 +6,9 @@
 //!
 //! A few confirmations may be in flight at once; reads that arrive while all of them are wait for
 //! the next one, and all of them share it: a burst of reads costs one heartbeat round or one RPC,
-//! not one each. Sharing is safe because every read in a batch was queued before its
-//! confirmation was asked for.
+//! not one each. The leader answers its followers' `ReadIndex` RPCs through the same batches, so
+//! the reads of the whole cluster share its heartbeat rounds. Sharing is safe because every read
+//! in a batch was queued before its confirmation was asked for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +21,21 @@ use super::Leader;
 use crate::transport::client::Network;
 use crate::types::{NodeId, Raft};
 
-/// Why no read index was obtained; `retry` when another attempt (after the leader changes or is
-/// learnt) may succeed.
+/// Why no read index was obtained.
 #[derive(Debug, Clone)]
-pub struct NoReadIndex {
-    pub retry: bool,
-    pub message: String,
+pub enum NoReadIndex {
+    /// Another attempt (once the leader changes or is learnt) may succeed.
+    Retry(String),
+    /// This node does not lead (for a follower's request, which is never passed on).
+    NotLeader,
+    /// This node is stopping.
+    Stopped(String),
 }
 
 struct Waiter {
     lease: bool,
+    /// A follower's request: confirmed by this node as the leader, or refused.
+    here_only: bool,
     reply: oneshot::Sender<Result<u64, NoReadIndex>>,
 }
 
@@ -53,14 +59,26 @@ impl ReadIndexer {
         ReadIndexer { tx }
     }
 
-    /// A read index obtained after this call began.
+    /// A read index obtained after this call began, from this node or the leader.
     pub async fn read_index(&self, lease: bool) -> Result<u64, NoReadIndex> {
+        self.wait(lease, false).await
+    }
+
+    /// A read index confirmed by this node as the leader (`NotLeader` if it does not lead).
+    pub async fn read_index_here(&self, lease: bool) -> Result<u64, NoReadIndex> {
+        self.wait(lease, true).await
+    }
+
+    async fn wait(&self, lease: bool, here_only: bool) -> Result<u64, NoReadIndex> {
         let (reply, rx) = oneshot::channel();
-        let stopped = || NoReadIndex {
-            retry: false,
-            message: "the node is stopping".into(),
-        };
-        self.tx.send(Waiter { lease, reply }).map_err(|_| stopped())?;
+        let stopped = || NoReadIndex::Stopped("the node is stopping".into());
+        self.tx
+            .send(Waiter {
+                lease,
+                here_only,
+                reply,
+            })
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
@@ -79,7 +97,11 @@ struct Source {
 
 impl Source {
     async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let n = std::env::var("RAFTKV_READ_IN_FLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(IN_FLIGHT);
+        let slots = Arc::new(Semaphore::new(n));
         while let Some(first) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
@@ -103,42 +125,58 @@ impl Source {
         if waiters.is_empty() {
             return;
         }
-        let result = self.confirm(lease).await;
+        let result = match Leader::of(&self.raft, self.me) {
+            Leader::Me => self.locally(lease).await,
+            other => {
+                let (here, waiters): (Vec<Waiter>, Vec<Waiter>) = waiters.into_iter().partition(|w| w.here_only);
+                for w in here {
+                    let _ = w.reply.send(Err(NoReadIndex::NotLeader));
+                }
+                if waiters.is_empty() {
+                    return;
+                }
+                let result = self.remotely(other, lease).await;
+                for w in waiters {
+                    let _ = w.reply.send(result.clone());
+                }
+                return;
+            }
+        };
         for w in waiters {
             let _ = w.reply.send(result.clone());
         }
     }
 
-    async fn confirm(&self, lease: bool) -> Result<u64, NoReadIndex> {
-        let retry = |message: String| NoReadIndex { retry: true, message };
-        match Leader::of(&self.raft, self.me) {
-            Leader::Me => {
-                let policy = if lease {
-                    ReadPolicy::LeaseRead
-                } else {
-                    ReadPolicy::ReadIndex
-                };
-                match tokio::time::timeout(self.timeout, self.raft.get_read_linearizer(policy)).await {
-                    Err(_) => Err(retry(format!("could not confirm leadership within {:?}", self.timeout))),
-                    Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
-                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                        Err(retry("leadership moved during the request".into()))
-                    }
-                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
-                        Err(retry(e.to_string()))
-                    }
-                    Ok(Err(RaftError::Fatal(e))) => Err(NoReadIndex {
-                        retry: false,
-                        message: format!("raft stopped: {e}"),
-                    }),
-                }
+    async fn locally(&self, lease: bool) -> Result<u64, NoReadIndex> {
+        let policy = if lease {
+            ReadPolicy::LeaseRead
+        } else {
+            ReadPolicy::ReadIndex
+        };
+        match tokio::time::timeout(self.timeout, self.raft.get_read_linearizer(policy)).await {
+            Err(_) => Err(NoReadIndex::Retry(format!(
+                "could not confirm leadership within {:?}",
+                self.timeout
+            ))),
+            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                Err(NoReadIndex::Retry("leadership moved during the request".into()))
             }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+                Err(NoReadIndex::Retry(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(NoReadIndex::Stopped(format!("raft stopped: {e}"))),
+        }
+    }
+
+    async fn remotely(&self, leader: Leader, lease: bool) -> Result<u64, NoReadIndex> {
+        match leader {
             Leader::Other { id, raft_addr, .. } => self
                 .peers
                 .read_index(&raft_addr, id, lease, self.timeout)
                 .await
-                .map_err(|e| retry(format!("leader {id} at {raft_addr}: {}", e.message()))),
-            Leader::Unknown => Err(retry("no leader known".into())),
+                .map_err(|e| NoReadIndex::Retry(format!("leader {id} at {raft_addr}: {e}"))),
+            _ => Err(NoReadIndex::Retry("no leader known".into())),
         }
     }
 }

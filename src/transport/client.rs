@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{Backoff, RPCOption, RPCTypes};
@@ -25,10 +25,13 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::calls::{CallError, PeerCalls};
 use super::ClusterFence;
 use crate::metrics::Metrics;
 use crate::pb::raft::raft_client::RaftClient;
-use crate::pb::raft::{snapshot_chunk, RaftMessage, SnapshotChunk, SnapshotHeader};
+use crate::pb::raft::{
+    call, reply, snapshot_chunk, ProposeRequest, RaftMessage, ReadIndexRequest, SnapshotChunk, SnapshotHeader,
+};
 use crate::storage::codec::{decode, encode};
 use crate::storage::SnapshotData;
 use crate::types::{CommandResult, NodeAddr, NodeId, Proposal, TypeConfig, Vote};
@@ -44,6 +47,7 @@ pub struct Network {
     fence: ClusterFence,
     metrics: Option<Arc<Metrics>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    calls: Arc<Mutex<HashMap<String, PeerCalls>>>,
     connect_timeout: Duration,
 }
 
@@ -53,6 +57,7 @@ impl Network {
             fence,
             metrics: None,
             channels: Arc::default(),
+            calls: Arc::default(),
             connect_timeout: Duration::from_secs(2),
         }
     }
@@ -84,33 +89,91 @@ impl Network {
 }
 
 impl Network {
-    /// Asks the leader `target` at `addr` for the index a linearizable (or, with `lease`, lease)
-    /// read must wait for on this node. See `ReadIndex` in raft.proto.
-    pub async fn read_index(
-        &self,
-        addr: &str,
-        target: NodeId,
-        lease: bool,
-        timeout: Duration,
-    ) -> Result<u64, tonic::Status> {
+    /// The call stream to `addr`, started lazily and shared by every user of this peer.
+    fn calls(&self, addr: &str) -> Result<PeerCalls, CallError> {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = calls.get(addr) {
+            return Ok(c.clone());
+        }
         let channel = self
             .channel(addr)
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad leader address {addr}: {e}")))?;
-        let mut req = tonic::Request::new(crate::pb::raft::ReadIndexRequest {
+            .map_err(|e| CallError::NotSent(format!("bad peer address {addr}: {e}")))?;
+        let c = PeerCalls::start(channel, self.connect_timeout);
+        calls.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Asks the leader `target` at `addr` for the index a linearizable (or, with `lease`, lease)
+    /// read must wait for on this node. See `Call.read_index` in raft.proto.
+    pub async fn read_index(&self, addr: &str, target: NodeId, lease: bool, timeout: Duration) -> Result<u64, String> {
+        let call = call::Kind::ReadIndex(ReadIndexRequest {
             cluster_id: self.fence.outgoing(),
             target,
             lease,
         });
-        req.set_timeout(timeout);
-        let mut client = RaftClient::new(channel);
-        match tokio::time::timeout(timeout, client.read_index(req)).await {
-            Ok(r) => r.map(|r| r.into_inner().index),
-            Err(_) => Err(tonic::Status::deadline_exceeded("no answer from the leader")),
+        let calls = self.calls(addr).map_err(|e| format!("{e:?}"))?;
+        match tokio::time::timeout(timeout, calls.call(call)).await {
+            Err(_) => Err("no answer from the leader in time".into()),
+            Ok(Ok(reply::Kind::ReadIndex(r))) => Ok(r.index),
+            Ok(Ok(_)) => Err("a reply of the wrong kind".into()),
+            Ok(Err(CallError::Failed(s))) => Err(s.message().to_string()),
+            Ok(Err(CallError::NotSent(m) | CallError::Lost(m))) => Err(m),
+        }
+    }
+
+    /// Sends `proposal` to the leader `target` at `addr` (see `Call.propose` in raft.proto).
+    pub async fn propose(
+        &self,
+        addr: &str,
+        target: NodeId,
+        proposal: &Proposal,
+        timeout: Duration,
+    ) -> Result<Vec<CommandResult>, ProposeFailure> {
+        let payload = encode(proposal).map_err(|e| ProposeFailure::NotSent(e.to_string()))?;
+        let call = call::Kind::Propose(ProposeRequest {
+            cluster_id: self.fence.outgoing(),
+            target,
+            proposal: Bytes::from(payload),
+            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+        });
+        let calls = self
+            .calls(addr)
+            .map_err(|e| ProposeFailure::NotSent(format!("{e:?}")))?;
+        // A little longer than the leader's own bound, so that its answer (a timeout included)
+        // arrives rather than being cut off.
+        let wait = timeout + Duration::from_millis(250);
+        match tokio::time::timeout(wait, calls.call(call)).await {
+            Err(_) => Err(ProposeFailure::Timeout),
+            Ok(Ok(reply::Kind::Propose(r))) => decode(&r.results).map_err(|e| ProposeFailure::Unknown(e.to_string())),
+            Ok(Ok(_)) => Err(ProposeFailure::Unknown("a reply of the wrong kind".into())),
+            Ok(Err(CallError::NotSent(m))) => Err(ProposeFailure::NotSent(m)),
+            Ok(Err(CallError::Lost(m))) => Err(ProposeFailure::Unknown(m)),
+            Ok(Err(CallError::Failed(s))) => Err(match s.code() {
+                tonic::Code::FailedPrecondition => ProposeFailure::NotLeader(s.message().to_string()),
+                tonic::Code::DeadlineExceeded => ProposeFailure::Timeout,
+                _ => ProposeFailure::Unknown(format!("{}: {}", s.code(), s.message())),
+            }),
+        }
+    }
+
+    /// One AppendEntries request on the call stream, answered as `StreamAppend` would.
+    async fn append_call(
+        &self,
+        addr: &str,
+        msg: RaftMessage,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        let calls = self.calls(addr).map_err(|e| unreachable(format!("{e:?}")))?;
+        match calls.call(call::Kind::Append(msg)).await {
+            Ok(reply::Kind::Append(m)) => decode(&m.payload).map_err(|e| RPCError::Network(network_err(e))),
+            Ok(_) => Err(RPCError::Network(network_err("a reply of the wrong kind"))),
+            Err(CallError::NotSent(m)) => Err(unreachable(m)),
+            Err(CallError::Lost(m)) => Err(RPCError::Network(network_err(m))),
+            Err(CallError::Failed(s)) => Err(status_err(s)),
         }
     }
 }
 
-/// Why a `Propose` RPC brought no results.
+/// Why a proposal sent to the leader brought no results.
 #[derive(Debug)]
 pub enum ProposeFailure {
     /// The node asked does not lead (or is not the node meant): nothing was proposed.
@@ -121,56 +184,6 @@ pub enum ProposeFailure {
     Timeout,
     /// The request was sent and the answer is unusable: the writes may or may not be applied.
     Unknown(String),
-}
-
-/// Whether `status` comes from failing to connect, so that the request never left this node.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-impl Network {
-    /// Sends `proposal` to the leader `target` at `addr` (see `Propose` in raft.proto).
-    pub async fn propose(
-        &self,
-        addr: &str,
-        target: NodeId,
-        proposal: &Proposal,
-        timeout: Duration,
-    ) -> Result<Vec<CommandResult>, ProposeFailure> {
-        let channel = self
-            .channel(addr)
-            .map_err(|e| ProposeFailure::NotSent(format!("bad leader address {addr}: {e}")))?;
-        let payload = encode(proposal).map_err(|e| ProposeFailure::NotSent(e.to_string()))?;
-        let req = crate::pb::raft::ProposeRequest {
-            cluster_id: self.fence.outgoing(),
-            target,
-            proposal: Bytes::from(payload),
-            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
-        };
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
-        // A little longer than the leader's own bound, so that its answer (a timeout included)
-        // arrives rather than being cut off.
-        let wait = timeout + Duration::from_millis(250);
-        match tokio::time::timeout(wait, client.propose(req)).await {
-            Err(_) => Err(ProposeFailure::Timeout),
-            Ok(Ok(resp)) => decode(&resp.into_inner().results).map_err(|e| ProposeFailure::Unknown(e.to_string())),
-            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-                Err(ProposeFailure::NotLeader(s.message().to_string()))
-            }
-            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(ProposeFailure::Timeout),
-            Ok(Err(s)) if never_sent(&s) => Err(ProposeFailure::NotSent(s.message().to_string())),
-            Ok(Err(s)) => Err(ProposeFailure::Unknown(format!("{}: {}", s.code(), s.message()))),
-        }
-    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -187,7 +200,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .map_err(|e| e.to_string());
         Connection {
             target,
+            addr: node.raft_addr.clone(),
             client,
+            network: self.clone(),
             fence: self.fence.clone(),
             metrics: self.metrics.clone(),
         }
@@ -197,8 +212,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// openraft's handle on one peer.
 pub struct Connection {
     target: NodeId,
+    addr: String,
     /// An invalid address is reported by every RPC rather than at construction.
     client: Result<RaftClient<Channel>, String>,
+    /// For the call stream to this peer.
+    network: Network,
     fence: ClusterFence,
     metrics: Option<Arc<Metrics>>,
 }
@@ -335,7 +353,18 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
-            let input = futures::stream::iter([first]).chain(input);
+            // A stream of one request (openraft's heartbeats are) goes on the call stream: a
+            // message each way instead of an HTTP/2 stream opened and closed per heartbeat.
+            let second = match input.next().now_or_never() {
+                Some(None) => {
+                    // Failures are the call's, as they would be for a stream that cannot open.
+                    let result = self.single_append(first, option).await?;
+                    return Ok(Box::pin(futures::stream::once(futures::future::ready(Ok(result)))) as BoxStream<'s, _>);
+                }
+                Some(Some(second)) => Some(second),
+                None => None,
+            };
+            let input = futures::stream::iter(std::iter::once(first).chain(second)).chain(input);
             let mut client = self.client()?;
             let cluster_id = self.fence.outgoing();
             let target = self.target;
@@ -488,6 +517,27 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 }
 
 impl Connection {
+    /// One AppendEntries request on the call stream.
+    async fn single_append(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        let started = std::time::Instant::now();
+        let ttl = option.soft_ttl();
+        let result = match self.message(&req) {
+            Ok(msg) => tokio::time::timeout(ttl, self.network.append_call(&self.addr, msg))
+                .await
+                .unwrap_or_else(|_| Err(self.timeout_err(RPCTypes::AppendEntries, ttl))),
+            Err(e) => Err(e),
+        };
+        if let Some(m) = &self.metrics {
+            let elapsed = result.is_ok().then(|| started.elapsed());
+            m.rpc(self.target, "append_entries_call", result_label(&result), elapsed);
+        }
+        result
+    }
+
     /// Streams a snapshot file: a header, then the data in chunks read as gRPC drains them.
     async fn send_snapshot(
         &mut self,

@@ -2,6 +2,7 @@
 //! drives ([`client::Network`]) and the service that feeds incoming RPCs to openraft
 //! ([`server::RaftService`]).
 
+pub mod calls;
 pub mod client;
 pub mod server;
 

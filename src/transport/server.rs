@@ -6,24 +6,27 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
-use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ClusterFence;
 use crate::api::propose::{ProposeError, Proposer};
+use crate::api::read_index::{NoReadIndex, ReadIndexer};
 use crate::pb::raft::raft_server::Raft as RaftRpc;
 use crate::pb::raft::{
-    snapshot_chunk, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    call, reply, snapshot_chunk, Call, Failure, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
+    ReadIndexResponse, Reply, SnapshotChunk,
 };
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::SnapshotReader;
 use crate::storage::{SnapshotData, StateMachine};
 use crate::types::{NodeId, Proposal, Raft, SnapshotMeta, TypeConfig, Vote};
 
+#[derive(Clone)]
 pub struct RaftService {
     id: NodeId,
     raft: Raft,
@@ -31,6 +34,8 @@ pub struct RaftService {
     sm: StateMachine,
     /// Followers' writes join this node's proposals.
     proposer: Proposer,
+    /// Followers' read index requests join this node's confirmations.
+    reads: ReadIndexer,
 }
 
 /// Refuses a message meant for another node id (see `RaftMessage.target` in raft.proto).
@@ -44,13 +49,21 @@ fn check_target(me: NodeId, target: u64) -> Result<(), Status> {
 }
 
 impl RaftService {
-    pub fn new(id: NodeId, raft: Raft, fence: ClusterFence, sm: StateMachine, proposer: Proposer) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        fence: ClusterFence,
+        sm: StateMachine,
+        proposer: Proposer,
+        reads: ReadIndexer,
+    ) -> Self {
         RaftService {
             id,
             raft,
             fence,
             sm,
             proposer,
+            reads,
         }
     }
 
@@ -66,6 +79,61 @@ impl RaftService {
             payload: Bytes::from(encode(value).map_err(|e| Status::internal(e.to_string()))?),
             target: 0,
         }))
+    }
+}
+
+impl RaftService {
+    /// Answers one call of the call stream.
+    async fn answer(&self, kind: call::Kind) -> Result<reply::Kind, Status> {
+        match kind {
+            call::Kind::Append(msg) => self.append_one(&msg).await.map(reply::Kind::Append),
+            call::Kind::ReadIndex(r) => self.read_index(&r).await.map(reply::Kind::ReadIndex),
+            call::Kind::Propose(r) => self.propose(r).await.map(reply::Kind::Propose),
+        }
+    }
+
+    /// One AppendEntries request (a heartbeat), answered as `StreamAppend` answers.
+    async fn append_one(&self, msg: &RaftMessage) -> Result<RaftMessage, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(msg)?;
+        let mut results = Box::pin(self.raft.stream_append(futures::stream::once(async move { rpc })));
+        match results.next().await {
+            Some(Ok(result)) => Ok(RaftMessage {
+                cluster_id: self.fence.outgoing(),
+                payload: Bytes::from(encode(&result).map_err(|e| Status::internal(e.to_string()))?),
+                target: 0,
+            }),
+            Some(Err(e)) => Err(fatal(e)),
+            None => Err(Status::unavailable("raft node unavailable")),
+        }
+    }
+
+    async fn read_index(&self, r: &ReadIndexRequest) -> Result<ReadIndexResponse, Status> {
+        check_target(self.id, r.target)?;
+        self.fence.check(&r.cluster_id)?;
+        // Through this node's batches: followers' reads share its heartbeat rounds.
+        match self.reads.read_index_here(r.lease).await {
+            Ok(index) => Ok(ReadIndexResponse { index }),
+            Err(NoReadIndex::NotLeader) => Err(Status::failed_precondition("this node is not the leader")),
+            Err(NoReadIndex::Retry(m)) => Err(Status::unavailable(m)),
+            Err(NoReadIndex::Stopped(m)) => Err(fatal(m)),
+        }
+    }
+
+    async fn propose(&self, r: ProposeRequest) -> Result<ProposeResponse, Status> {
+        check_target(self.id, r.target)?;
+        self.fence.check(&r.cluster_id)?;
+        let Proposal(commands) =
+            decode(&r.proposal).map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
+        let deadline = Instant::now() + Duration::from_millis(u64::from(r.timeout_ms));
+        match self.proposer.propose_here(commands, deadline).await {
+            Ok(results) => Ok(ProposeResponse {
+                results: Bytes::from(encode(&results).map_err(|e| Status::internal(e.to_string()))?),
+            }),
+            Err(ProposeError::NotLeader(m) | ProposeError::NoLeader(m)) => Err(Status::failed_precondition(m)),
+            Err(ProposeError::Timeout(m)) => Err(Status::deadline_exceeded(m)),
+            Err(ProposeError::Unknown(m)) => Err(Status::aborted(m)),
+            Err(ProposeError::Stopped(m)) => Err(Status::unavailable(m)),
+        }
     }
 }
 
@@ -181,45 +249,34 @@ impl RaftRpc for RaftService {
         self.reply(&resp?)
     }
 
-    async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
-        let r = req.get_ref();
-        check_target(self.id, r.target)?;
-        self.fence.check(&r.cluster_id)?;
-        let policy = if r.lease {
-            ReadPolicy::LeaseRead
-        } else {
-            ReadPolicy::ReadIndex
-        };
-        match self.raft.get_read_linearizer(policy).await {
-            Ok(linearizer) => Ok(Response::new(ReadIndexResponse {
-                index: linearizer.read_log_id().index(),
-            })),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
-                Err(Status::failed_precondition("this node is not the leader"))
-            }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-                Err(Status::unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
-        }
-    }
+    type CallsStream = Pin<Box<dyn Stream<Item = Result<Reply, Status>> + Send>>;
 
-    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
-        let r = req.into_inner();
-        check_target(self.id, r.target)?;
-        self.fence.check(&r.cluster_id)?;
-        let Proposal(commands) =
-            decode(&r.proposal).map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
-        let deadline = Instant::now() + Duration::from_millis(u64::from(r.timeout_ms));
-        match self.proposer.propose_here(commands, deadline).await {
-            Ok(results) => Ok(Response::new(ProposeResponse {
-                results: Bytes::from(encode(&results).map_err(|e| Status::internal(e.to_string()))?),
-            })),
-            Err(ProposeError::NotLeader(m) | ProposeError::NoLeader(m)) => Err(Status::failed_precondition(m)),
-            Err(ProposeError::Timeout(m)) => Err(Status::deadline_exceeded(m)),
-            Err(ProposeError::Unknown(m)) => Err(Status::aborted(m)),
-            Err(ProposeError::Stopped(m)) => Err(Status::unavailable(m)),
-        }
+    async fn calls(&self, req: Request<Streaming<Call>>) -> Result<Response<Self::CallsStream>, Status> {
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel::<Result<Reply, Status>>();
+        let service = self.clone();
+        // Each call is answered as soon as it is done: a proposal waits for its commit, a
+        // heartbeat or a read index does not wait behind it.
+        tokio::spawn(async move {
+            while let Some(Ok(Call { id, kind })) = input.next().await {
+                let service = service.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let answer = match kind {
+                        Some(kind) => service.answer(kind).await,
+                        None => Err(Status::invalid_argument("an empty call")),
+                    };
+                    let kind = answer.unwrap_or_else(|s| {
+                        reply::Kind::Failure(Failure {
+                            code: s.code() as i32,
+                            message: s.message().to_string(),
+                        })
+                    });
+                    let _ = tx.send(Ok(Reply { id, kind: Some(kind) }));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
