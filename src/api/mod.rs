@@ -135,7 +135,6 @@ impl Leader {
 
 pub fn router(state: ApiState) -> Router {
     let state = Arc::new(state);
-    let node_header = HeaderValue::from(state.id);
     Router::new()
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
@@ -147,38 +146,34 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_when_stopping))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let v = node_header.clone();
-            async move {
-                let mut resp = next.run(req).await;
-                // A write's answer already names the leader that served it.
-                resp.headers_mut().entry(NODE_HEADER).or_insert(v);
-                resp
-            }
-        }))
+        .layer(middleware::from_fn_with_state(state.clone(), around))
         .with_state(state)
 }
 
-async fn refuse_when_stopping(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/healthz" {
-        if let Some(refusal) = state.stopping.refusal() {
-            return refusal.into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Counts and times every request by its route template (never the raw path: keys would make
-/// the label set unbounded).
-async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// What every request goes through (one layer, as it runs for every request): refused while
+/// the node stops (but for `/healthz`), named with the node that served it, and counted and
+/// timed by its route template (never the raw path: keys would make the label set unbounded).
+async fn around(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let method = req.method().clone();
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let refusal = if req.uri().path() != "/healthz" {
+        state.stopping.refusal()
+    } else {
+        None
+    };
+    let mut resp = match refusal {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(req).await,
+    };
+    // A write's answer already names the leader that served it.
+    resp.headers_mut()
+        .entry(NODE_HEADER)
+        .or_insert_with(|| HeaderValue::from(state.id));
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    metrics.http_request(route, method.as_str(), resp.status(), started.elapsed());
+    state
+        .metrics
+        .http_request(route, method.as_str(), resp.status(), started.elapsed());
     resp
 }
 

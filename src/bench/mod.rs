@@ -18,6 +18,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use target::Conn;
 pub use target::Target;
 
 #[derive(Debug, Clone, Args)]
@@ -137,15 +138,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !matches!(args.consistency.as_str(), "linearizable" | "lease" | "stale") {
         bail!("--consistency must be linearizable, lease or stale");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(args.timeout))
-        .build()?;
-    let endpoints: Vec<String> = crate::cli::endpoints(&args.endpoint)
-        .into_iter()
-        .map(|e| if e.contains("://") { e } else { format!("http://{e}") })
-        .collect();
+    let timeout = Duration::from_secs(args.timeout);
+    let endpoints: Vec<String> = crate::cli::endpoints(&args.endpoint);
     if endpoints.is_empty() {
         bail!("no endpoint given");
     }
@@ -153,7 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target = args.target;
 
     if args.preload {
-        preload(&client, &endpoints, target, args.keys, &value, args.connections).await?;
+        preload(&endpoints, target, args.keys, &value, args.connections, timeout).await?;
     }
 
     let stats = Arc::new(Stats {
@@ -199,13 +193,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut workers = Vec::new();
     for w in 0..args.connections {
-        let client = client.clone();
-        let endpoint = endpoints[w % endpoints.len()].clone();
+        let mut conn = Conn::new(&endpoints[w % endpoints.len()], target, &args.consistency, timeout);
         let stats = stats.clone();
         let issued = issued.clone();
         let stop = stop.clone();
         let value = value.clone();
-        let consistency = args.consistency.clone();
         let keys = args.keys;
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1000_0000_01B3));
@@ -239,7 +231,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Op::Delete
                 };
                 let key = format!("bench/{:012}", rng.next() % keys);
-                let result = target.send(&client, &endpoint, op, &key, &value, &consistency).await;
+                let result = conn.send(op, &key, &value).await;
                 match result {
                     Ok(()) => {
                         let us = due.elapsed().as_micros().max(1) as u64;
@@ -275,22 +267,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn preload(
-    client: &reqwest::Client,
     endpoints: &[String],
     target: Target,
     keys: u64,
     value: &bytes::Bytes,
     connections: usize,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
     for w in 0..connections.max(1) {
-        let (client, endpoint, value, next) = (
-            client.clone(),
-            endpoints[w % endpoints.len()].clone(),
-            value.clone(),
-            next.clone(),
-        );
+        let mut conn = Conn::new(&endpoints[w % endpoints.len()], target, "linearizable", timeout);
+        let (value, next) = (value.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -298,8 +286,7 @@ async fn preload(
                     return Ok(());
                 }
                 let key = format!("bench/{i:012}");
-                target
-                    .send(&client, &endpoint, Op::Write, &key, &value, "linearizable")
+                conn.send(Op::Write, &key, &value)
                     .await
                     .map_err(|e| anyhow::anyhow!("preloading {key}: {e}"))?;
             }

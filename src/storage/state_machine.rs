@@ -87,6 +87,17 @@ struct Layers {
     meta: Meta,
     /// The last applied id that redb holds.
     flushed: Option<LogId>,
+    /// The key table as of the last flush, kept open for reads: opening a transaction and a
+    /// table for every read costs more than the read. Replaced, under the same lock, when a
+    /// flush drops its layer, so that it always holds what that layer held.
+    table: Option<Arc<KvTable>>,
+}
+
+type KvTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+fn open_kv(db: &Database) -> io::Result<Arc<KvTable>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    Ok(Arc::new(txn.open_table(KV).map_err(io_err)?))
 }
 
 struct Inner {
@@ -161,13 +172,7 @@ fn snapshot_file_name(meta: &SnapshotMeta) -> String {
 }
 
 /// A key's current state, looked up top-down: the active layer, the one being flushed, redb.
-/// `disk` is opened on first need and kept for the caller's next lookups.
-fn lookup(
-    layers: &Layers,
-    db: &Database,
-    disk: &mut Option<ReadTransaction>,
-    key: &[u8],
-) -> io::Result<Option<(u64, Bytes)>> {
+fn lookup(layers: &Layers, db: &Database, key: &[u8]) -> io::Result<Option<(u64, Bytes)>> {
     let change = layers
         .active
         .get(key)
@@ -177,12 +182,11 @@ fn lookup(
         Some(Change::Delete) => return Ok(None),
         None => {}
     }
-    let txn = match disk {
-        Some(txn) => txn,
-        None => disk.insert(db.begin_read().map_err(io_err)?),
+    let table = match &layers.table {
+        Some(t) => t.clone(),
+        None => open_kv(db)?,
     };
-    let kv = txn.open_table(KV).map_err(io_err)?;
-    match kv.get(key).map_err(io_err)? {
+    match table.get(key).map_err(io_err)? {
         Some(v) => {
             let (rev, value) = decode_value(v.value())?;
             Ok(Some((rev, Bytes::copy_from_slice(value))))
@@ -217,6 +221,7 @@ impl StateMachine {
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         let meta = read_meta(&db.begin_read().map_err(io_err)?)?;
+        let table = open_kv(&db)?;
         let inner = Arc::new(Inner {
             db,
             snapshot_dir: snapshot_dir.to_path_buf(),
@@ -224,6 +229,7 @@ impl StateMachine {
             applied: AtomicU64::new(0),
             layers: RwLock::new(Layers {
                 flushed: meta.applied,
+                table: Some(table),
                 meta,
                 ..Layers::default()
             }),
@@ -251,7 +257,7 @@ impl StateMachine {
         // The read lock keeps the flusher from dropping its layer between our looking there
         // and our reading redb.
         let layers = self.inner.layers();
-        lookup(&layers, &self.inner.db, &mut None, key)
+        lookup(&layers, &self.inner.db, key)
     }
 
     /// Keys in order from `start` (inclusive) that begin with `prefix`, at most `limit` of them,
@@ -259,8 +265,10 @@ impl StateMachine {
     pub fn list(&self, prefix: &[u8], start: &[u8], limit: usize) -> io::Result<(Vec<KeyValue>, Option<Bytes>)> {
         let from: &[u8] = if start > prefix { start } else { prefix };
         let layers = self.inner.layers();
-        let txn = self.inner.db.begin_read().map_err(io_err)?;
-        let kv = txn.open_table(KV).map_err(io_err)?;
+        let kv = match &layers.table {
+            Some(t) => t.clone(),
+            None => open_kv(&self.inner.db)?,
+        };
         let disk = kv.range(from..).map_err(io_err)?.map(|item| {
             let (k, v) = item.map_err(io_err)?;
             let (revision, value) = decode_value(v.value())?;
@@ -338,11 +346,14 @@ impl StateMachine {
             (layer, layers.meta.clone())
         };
         let written = write_layer(&self.inner.db, &layer, &meta, durability);
+        // Opened before the layer is dropped; without it, reads open their own.
+        let table = written.as_ref().ok().and_then(|_| open_kv(&self.inner.db).ok());
         {
             let mut layers = self.inner.layers_mut();
             if written.is_ok() {
                 layers.flushed = meta.applied;
                 layers.flushing = None;
+                layers.table = table;
             } else {
                 // Keep every change: put the layer back under what was applied since.
                 layers.active.restore_under(&layer);
@@ -398,7 +409,6 @@ impl StateMachine {
     fn apply_batch(&self, entries: Vec<crate::types::Entry>) -> io::Result<Vec<Vec<CommandResult>>> {
         let mut results = Vec::with_capacity(entries.len());
         let mut layers = self.inner.layers_mut();
-        let mut disk = None;
         for entry in entries {
             let log_id = entry.log_id();
             let result = match entry.payload {
@@ -410,7 +420,7 @@ impl StateMachine {
                 EntryPayload::Normal(Proposal(commands)) => {
                     let mut out = Vec::with_capacity(commands.len());
                     for cmd in commands {
-                        out.push(apply_command(&mut layers, &self.inner.db, &mut disk, cmd)?);
+                        out.push(apply_command(&mut layers, &self.inner.db, cmd)?);
                     }
                     out
                 }
@@ -454,6 +464,7 @@ impl StateMachine {
             )?;
         }
         txn.commit().map_err(io_err)?;
+        let table = open_kv(&self.inner.db).ok();
         *layers = Layers {
             meta: Meta {
                 applied: meta.last_log_id,
@@ -461,6 +472,7 @@ impl StateMachine {
                 revision,
             },
             flushed: meta.last_log_id,
+            table,
             ..Layers::default()
         };
         self.inner.publish(meta.last_log_id);
@@ -536,12 +548,7 @@ fn write_meta(table: &mut redb::Table<&str, &[u8]>, meta: &Meta) -> io::Result<(
 
 /// Applies one command; a change to a key takes the next revision. Only a precondition or a
 /// delete needs the key's current state: a plain put is applied blind.
-fn apply_command(
-    layers: &mut Layers,
-    db: &Database,
-    disk: &mut Option<ReadTransaction>,
-    cmd: Command,
-) -> io::Result<CommandResult> {
+fn apply_command(layers: &mut Layers, db: &Database, cmd: Command) -> io::Result<CommandResult> {
     match cmd {
         Command::Put {
             key,
@@ -549,7 +556,7 @@ fn apply_command(
             precondition,
         } => {
             if let Some(p) = precondition {
-                let current = lookup(layers, db, disk, &key)?.map(|(r, _)| r);
+                let current = lookup(layers, db, &key)?.map(|(r, _)| r);
                 if !p.holds(current) {
                     return Ok(CommandResult::PreconditionFailed { current });
                 }
@@ -560,7 +567,7 @@ fn apply_command(
             Ok(CommandResult::Written { revision })
         }
         Command::Delete { key, precondition } => {
-            let current = lookup(layers, db, disk, &key)?.map(|(r, _)| r);
+            let current = lookup(layers, db, &key)?.map(|(r, _)| r);
             if let Some(p) = precondition {
                 if !p.holds(current) {
                     return Ok(CommandResult::PreconditionFailed { current });
