@@ -340,3 +340,55 @@ async fn a_leader_restarted_at_once_serves_no_stale_reads() {
     }
     assert!(answered > 0, "no read was answered");
 }
+
+/// After every node restarts, the followers take the old leader for the leader (their stored
+/// vote says so) while it knows it must win an election first. Writes sent meanwhile must wait
+/// for the election, not stall behind each other until they time out: a proposer that held its
+/// in-flight slots while no leader was known left the followers' forwarded writes unanswered
+/// for the whole request timeout (every write of the first 5 s failed with 504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_across_a_full_restart_wait_for_the_election_and_never_time_out() {
+    let mut c = Cluster::start(3, &[]).await;
+    for k in 0..30 {
+        c.put_ok(k % 3, &format!("warm{k}"), "v").await;
+    }
+    for i in 0..3 {
+        c.nodes[i].kill();
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let mut writers = Vec::new();
+    for w in 0..24 {
+        let http = http.clone();
+        let base = c.nodes[w % 3].url("/v1/kv/");
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut timeouts) = (0u32, 0u32);
+            for n in 0.. {
+                if Instant::now() >= stop_at {
+                    break;
+                }
+                match http.put(format!("{base}w{w}-{n}")).body("x").send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 504 => timeouts += 1,
+                    // Not listening yet, or no leader yet: try again.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            (ok, timeouts)
+        }));
+    }
+    let (mut ok, mut timeouts) = (0, 0);
+    for w in writers {
+        let (o, t) = w.await.expect("writer");
+        ok += o;
+        timeouts += t;
+    }
+    assert_eq!(timeouts, 0, "writes timed out across the restart ({ok} succeeded)");
+    assert!(ok > 100, "writes resumed after the election: {ok}");
+}

@@ -98,6 +98,7 @@ impl Proposer {
             raft,
             peers,
             metrics,
+            queue: tx.downgrade(),
         };
         tokio::spawn(Arc::new(route).run(rx));
         Proposer { tx }
@@ -145,6 +146,9 @@ struct Route {
     raft: Raft,
     peers: Network,
     metrics: Arc<Metrics>,
+    /// The proposer's own queue, for batches to try again (weak: the queue ends with the
+    /// handles).
+    queue: mpsc::WeakUnboundedSender<Pending>,
 }
 
 /// How one attempt to propose a batch ended.
@@ -162,10 +166,11 @@ impl Route {
         let forwarding = Arc::new(Semaphore::new(env("RAFTKV_FORWARD_IN_FLIGHT", FORWARDING_IN_FLIGHT)));
         while let Some(first) = rx.recv().await {
             // The role may change before the batch is sent; the limit is only a batching policy.
-            let slots = match Leader::of(&self.raft, self.me) {
-                Leader::Me => &leading,
-                _ => &forwarding,
+            let is_leader = matches!(Leader::of(&self.raft, self.me), Leader::Me);
+            let Some(first) = admit(first, is_leader) else {
+                continue;
             };
+            let slots = if is_leader { &leading } else { &forwarding };
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
@@ -176,9 +181,11 @@ impl Route {
             while commands < MAX_COMMANDS && bytes < MAX_BYTES {
                 match rx.try_recv() {
                     Ok(p) => {
-                        commands += p.commands.len();
-                        bytes += p.size();
-                        batch.push(p);
+                        if let Some(p) = admit(p, is_leader) {
+                            commands += p.commands.len();
+                            bytes += p.size();
+                            batch.push(p);
+                        }
                     }
                     Err(_) => break,
                 }
@@ -192,53 +199,52 @@ impl Route {
     }
 
     /// Proposes `batch` as one entry, or forwards it to the leader as one RPC, and answers
-    /// every write in it.
-    async fn propose(&self, mut batch: Vec<Pending>) {
-        loop {
-            // The earliest deadline bounds the batch.
-            let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+    /// every write in it. A batch that was certainly not proposed goes back to the queue after
+    /// a pause (not holding its slot meanwhile: writes that can go elsewhere must not wait
+    /// behind writes that cannot go anywhere yet).
+    async fn propose(&self, batch: Vec<Pending>) {
+        let leader = Leader::of(&self.raft, self.me);
+        let is_leader = matches!(leader, Leader::Me);
+        let batch: Vec<Pending> = batch.into_iter().filter_map(|p| admit(p, is_leader)).collect();
+        // The earliest deadline bounds the batch.
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+            return;
+        };
+        let proposal = Proposal(batch.iter().flat_map(|p| p.commands.iter().cloned()).collect());
+        let attempt = match leader {
+            Leader::Me => self.locally(proposal, deadline).await,
+            Leader::Other { id, raft_addr, .. } => self.forward(&proposal, id, &raft_addr, deadline).await,
+            Leader::Unknown => Attempt::Retry("no leader known".into()),
+        };
+        let why = match attempt {
+            Attempt::Done(results, leader) => return answer(batch, results, leader),
+            Attempt::Failed(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
                 return;
-            };
-            let leader = Leader::of(&self.raft, self.me);
-            if !matches!(leader, Leader::Me) {
-                // A follower's writes are proposed by the leader it chose, or not at all.
-                let (refused, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.from_follower);
-                for p in refused {
-                    let _ = p
-                        .reply
-                        .send(Err(ProposeError::NotLeader("this node is not the leader".into())));
-                }
-                batch = rest;
-                if batch.is_empty() {
-                    return;
-                }
             }
-            let proposal = Proposal(batch.iter().flat_map(|p| p.commands.iter().cloned()).collect());
-            let attempt = match leader {
-                Leader::Me => self.locally(proposal, deadline).await,
-                Leader::Other { id, raft_addr, .. } => self.forward(&proposal, id, &raft_addr, deadline).await,
-                Leader::Unknown => Attempt::Retry("no leader known".into()),
-            };
-            let why = match attempt {
-                Attempt::Done(results, leader) => return answer(batch, results, leader),
-                Attempt::Failed(e) => {
-                    for p in batch {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                    return;
-                }
-                Attempt::Retry(why) => why,
-            };
-            if Instant::now() + REROUTE_DELAY >= deadline {
-                let (late, rest): (Vec<Pending>, Vec<Pending>) =
-                    batch.into_iter().partition(|p| p.deadline <= deadline + REROUTE_DELAY);
-                for p in late {
-                    let _ = p.reply.send(Err(ProposeError::NoLeader(why.clone())));
-                }
-                batch = rest;
-            }
-            tokio::time::sleep(REROUTE_DELAY).await;
+            Attempt::Retry(why) => why,
+        };
+        let retry_at = Instant::now() + REROUTE_DELAY;
+        let (late, again): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.deadline <= retry_at);
+        for p in late {
+            let _ = p.reply.send(Err(ProposeError::NoLeader(why.clone())));
         }
+        let Some(queue) = self.queue.upgrade() else {
+            for p in again {
+                let _ = p.reply.send(Err(ProposeError::Stopped("the node is stopping".into())));
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep_until(retry_at.into()).await;
+            for p in again {
+                if let Err(mpsc::error::SendError(p)) = queue.send(p) {
+                    let _ = p.reply.send(Err(ProposeError::Stopped("the node is stopping".into())));
+                }
+            }
+        });
     }
 
     async fn locally(&self, proposal: Proposal, deadline: Instant) -> Attempt {
@@ -288,6 +294,18 @@ impl Route {
             }
         }
     }
+}
+
+/// A follower's writes are proposed by the leader it chose, or not at all: refused at once
+/// when this node does not lead.
+fn admit(p: Pending, is_leader: bool) -> Option<Pending> {
+    if p.from_follower && !is_leader {
+        let _ = p
+            .reply
+            .send(Err(ProposeError::NotLeader("this node is not the leader".into())));
+        return None;
+    }
+    Some(p)
 }
 
 /// Hands each pending write its share of `results`, in order.

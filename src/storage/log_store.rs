@@ -21,7 +21,7 @@ use std::thread;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::codec::{decode, encode, io_err};
@@ -164,12 +164,21 @@ impl LogStore {
 
 /// The writer thread: drain, write one transaction, fsync once, acknowledge everything.
 fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<dyn CommitObserver>) {
-    // The newest committed id not yet written. It rides along with the next durable batch
-    // instead of costing a transaction of its own: openraft saves it on every commit, and a
-    // committed id that is a little stale after a crash only means re-applying fewer entries
-    // at start-up (openraft learns the rest from the leader).
-    let mut committed: Option<Option<LogId>> = None;
-    while let Ok(first) = rx.recv() {
+    // The newest committed id not yet written. It rides along with a durable batch, at most
+    // once per COMMITTED_EVERY, instead of costing a transaction (or pages in every one) of
+    // its own: openraft saves it on every commit, and a committed id that is a little stale
+    // after a crash only means re-applying fewer entries at start-up (openraft learns the rest
+    // from the leader).
+    let mut committed = Pending::default();
+    // The next transaction, opened while the writer waits: off the path of the next append.
+    let mut next: Option<WriteTransaction> = None;
+    loop {
+        if next.is_none() {
+            next = shared.db.begin_write().ok();
+        }
+        let Ok(first) = rx.recv() else {
+            return;
+        };
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
@@ -179,11 +188,11 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
         }
         for op in &batch {
             if let WriteOp::Committed(c) = op {
-                committed = Some(*c);
+                committed.value = Some(*c);
             }
         }
         let started = std::time::Instant::now();
-        let result = write_batch(&shared.db, &batch, &mut committed);
+        let result = write_batch(&shared.db, &mut next, &batch, &mut committed);
         let appended: usize = batch
             .iter()
             .map(|op| match op {
@@ -223,9 +232,32 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
     }
 }
 
-/// Writes `batch` in one transaction and fsyncs it, with the pending committed id (taken
-/// from `committed` once written).
-fn write_batch(db: &Database, batch: &[WriteOp], committed: &mut Option<Option<LogId>>) -> io::Result<()> {
+/// How often, at most, the committed id is written (unless a vote, truncation or purge is).
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The committed id waiting to be written, and when it last was.
+#[derive(Default)]
+struct Pending {
+    value: Option<Option<LogId>>,
+    written: Option<std::time::Instant>,
+}
+
+impl Pending {
+    /// The committed id to write along with a batch, if it is time to.
+    fn due(&self, rare_write: bool) -> Option<Option<LogId>> {
+        let stale = self.written.is_none_or(|t| t.elapsed() >= COMMITTED_EVERY);
+        self.value.filter(|_| rare_write || stale)
+    }
+}
+
+/// Writes `batch` in one transaction (the pre-opened `next`, if any) and fsyncs it, with the
+/// pending committed id when it is due.
+fn write_batch(
+    db: &Database,
+    next: &mut Option<WriteTransaction>,
+    batch: &[WriteOp],
+    committed: &mut Pending,
+) -> io::Result<()> {
     // Only entries, votes, truncations and purges must be on disk before they are
     // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
     // heartbeats) costs nothing: every earlier batch is already durable, since the writer
@@ -238,7 +270,14 @@ fn write_batch(db: &Database, batch: &[WriteOp], committed: &mut Option<Option<L
     if !must_sync {
         return Ok(());
     }
-    let mut txn = db.begin_write().map_err(io_err)?;
+    let rare_write = batch
+        .iter()
+        .any(|op| matches!(op, WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..)));
+    let write_committed = committed.due(rare_write);
+    let mut txn = match next.take() {
+        Some(txn) => txn,
+        None => db.begin_write().map_err(io_err)?,
+    };
     txn.set_durability(Durability::Immediate).map_err(io_err)?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;
@@ -266,12 +305,15 @@ fn write_batch(db: &Database, batch: &[WriteOp], committed: &mut Option<Option<L
                 }
             }
         }
-        if let Some(c) = committed {
-            meta.insert(KEY_COMMITTED, encode(c)?.as_slice()).map_err(io_err)?;
+        if let Some(c) = write_committed {
+            meta.insert(KEY_COMMITTED, encode(&c)?.as_slice()).map_err(io_err)?;
         }
     }
     txn.commit().map_err(io_err)?;
-    *committed = None;
+    if write_committed.is_some() {
+        committed.value = None;
+        committed.written = Some(std::time::Instant::now());
+    }
     Ok(())
 }
 
