@@ -5,12 +5,17 @@
 # JSON gateway), alternating runs so that machine drift hits both. Also measures the ceiling:
 # a do-nothing axum server. Writes a table and JSON to bench/results/.
 #
+# Both get the same processor budget: THREADS runtime threads a process (raftkv's
+# --worker-threads, etcd's GOMAXPROCS); three nodes share this machine's cores, so one each
+# (the default) serves both best here.
+#
 #   bench/compare-etcd.sh            # 10 s per run
-#   DURATION=30s bench/compare-etcd.sh
+#   DURATION=30s THREADS=2 bench/compare-etcd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 KEYS=${KEYS:-100000}
+THREADS=${THREADS:-1}
 
 if ! command -v etcd >/dev/null; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -26,7 +31,7 @@ trap cleanup EXIT
 # raftkv: node 1 bootstraps, 2 and 3 join.
 for i in 1 2 3; do
   mode=(--bootstrap); [ "$i" = 1 ] || mode=(--join 127.0.0.1:18101)
-  RUST_LOG=warn "$BIN" serve --data-dir "$data/raftkv$i" --raft-addr 127.0.0.1:1810$((i+4)) \
+  RUST_LOG=warn "$BIN" serve --worker-threads "$THREADS" --data-dir "$data/raftkv$i" --raft-addr 127.0.0.1:1810$((i+4)) \
     --http-addr 127.0.0.1:1810$i "${mode[@]}" >"$data/raftkv$i.log" 2>&1 &
   pids+=($!)
   [ "$i" = 1 ] && sleep 1
@@ -34,7 +39,7 @@ done
 # etcd: three members, default fsync behaviour.
 cluster="e1=http://127.0.0.1:18201,e2=http://127.0.0.1:18202,e3=http://127.0.0.1:18203"
 for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$data/etcd$i" \
+  GOMAXPROCS=$THREADS etcd --name "e$i" --data-dir "$data/etcd$i" \
     --listen-client-urls "http://127.0.0.1:1830$i" --advertise-client-urls "http://127.0.0.1:1830$i" \
     --listen-peer-urls "http://127.0.0.1:1820$i" --initial-advertise-peer-urls "http://127.0.0.1:1820$i" \
     --initial-cluster "$cluster" --initial-cluster-state new --log-level error >"$data/etcd$i.log" 2>&1 &
@@ -79,10 +84,10 @@ both "90/10 read/write c=64" -c 64 --mix 90:10:0 --consistency linearizable
 run "ceiling (no-op axum) c=64" raftkv 127.0.0.1:18400 -c 64 --mix 100:0:0 --consistency stale
 
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
-python3 - "$out" "bench/results/$stamp" <<'PY'
+python3 - "$out" "bench/results/$stamp" "$THREADS" "$DURATION" "$KEYS" <<'PY'
 import json, os, platform, subprocess, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-base = sys.argv[2]
+base, threads, duration, keys = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def cpu():
     for l in open("/proc/cpuinfo"):
         if l.startswith("model name"):
@@ -91,7 +96,8 @@ def cpu():
 machine = {"cpu": cpu(), "cores": os.cpu_count(),
            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
            "kernel": platform.release(),
-           "etcd": subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0]}
+           "etcd": subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+           "threads_per_process": threads, "duration": duration}
 by = {}
 for r in runs:
     by.setdefault(r["label"], {})[r["target"]] = r
@@ -109,7 +115,8 @@ stale = by.get("stale read c=64", {}).get("raftkv")
 ceil_note = ""
 if stale and ceiling:
     ceil_note = f'Stale reads at c=64: {stale["throughput"]:.0f} ops/s = {100*stale["throughput"]/ceiling["throughput"]:.0f}% of a do-nothing axum server ({ceiling["throughput"]:.0f} ops/s).'
-md = ["# raftkv vs etcd", "", f'Machine: {machine["cpu"]}, {machine["cores"]} cores, {machine["memory_gib"]} GiB, kernel {machine["kernel"]}; {machine["etcd"]}.', "",
+md = ["# raftkv vs etcd", "", f'Machine: {machine["cpu"]}, {machine["cores"]} cores, {machine["memory_gib"]} GiB, kernel {machine["kernel"]}; {machine["etcd"]}.',
+      f'Three processes a system on loopback, {threads} runtime thread(s) each (raftkv --worker-threads, etcd GOMAXPROCS); {duration} a run, raftkv then etcd per scenario; 100-byte values over {keys} keys.', "",
       "| scenario | raftkv ops/s | p50 ms | p99 ms | etcd ops/s | p50 ms | p99 ms | raftkv/etcd |",
       "|---|---|---|---|---|---|---|---|"] + table + ["", ceil_note, ""]
 open(base + ".md", "w").write("\n".join(md))

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// How long SIGTERM may spend handing leadership to another voter (ms).
     #[arg(long, env = "RAFTKV_SHUTDOWN_HANDOFF_MS", default_value_t = 5000)]
     pub shutdown_handoff_ms: u64,
+    /// Threads that run the node's tasks (0: one per CPU the process may use). Nodes that
+    /// share few cores (several per machine) do best with one each.
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,7 +8,13 @@ use raftkv::config::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raftkv::logging::init(&cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        if args.worker_threads > 0 {
+            builder.worker_threads(args.worker_threads);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raftkv: cannot start the async runtime: {e}");

@@ -77,6 +77,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Bytes of user data (key and value) it carries: what batching and caching limits count.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key, .. } => key.len(),
+        }
+    }
+}
+
 impl fmt::Display for Command {
     // Keys and values are user data: logs show sizes, never contents.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +103,12 @@ impl fmt::Display for Command {
 /// [`CommandResult`] each, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal(pub Vec<Command>);
+
+impl Proposal {
+    pub fn size(&self) -> usize {
+        self.0.iter().map(Command::size).sum()
+    }
+}
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -46,6 +46,9 @@ impl Incoming {
         let body = axum::body::to_bytes(body, body_limit)
             .await
             .map_err(|_| too_large(body_limit + 1, body_limit))?;
+        // A small body is a slice of the connection's read buffer: kept as it is, every value
+        // in the log cache and the state's layers would pin a whole buffer (kilobytes each).
+        let body = Bytes::copy_from_slice(&body);
         Ok(Incoming {
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),

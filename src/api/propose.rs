@@ -27,11 +27,12 @@ use crate::types::{Command, CommandResult, NodeId, Proposal, Raft};
 
 /// Proposals in flight at once on the leader: one, so that everything that arrives while it
 /// is replicated joins the next; the disk and the network are kept busy by the followers'
-/// batches, which wait at the leader meanwhile.
+/// batches, which wait at the leader meanwhile (measured: 1 beats 2 by ~10% at 64 and 256
+/// connections, with no loss at one).
 const LEADING_IN_FLIGHT: usize = 1;
 /// Batches a follower has in flight to the leader at once: enough that one always waits there
-/// for the leader's next proposal.
-const FORWARDING_IN_FLIGHT: usize = 4;
+/// for the leader's next proposal (more only splits them: measured, 2 beats 1, 4 and 8).
+const FORWARDING_IN_FLIGHT: usize = 2;
 /// Upper bounds on one proposal: commands, and bytes of keys and values.
 const MAX_COMMANDS: usize = 4096;
 const MAX_BYTES: usize = 4 << 20;
@@ -74,13 +75,7 @@ struct Pending {
 
 impl Pending {
     fn size(&self) -> usize {
-        self.commands
-            .iter()
-            .map(|c| match c {
-                Command::Put { key, value, .. } => key.len() + value.len(),
-                Command::Delete { key, .. } => key.len(),
-            })
-            .sum()
+        self.commands.iter().map(Command::size).sum()
     }
 }
 
@@ -161,9 +156,8 @@ enum Attempt {
 
 impl Route {
     async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-        let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-        let leading = Arc::new(Semaphore::new(env("RAFTKV_PROPOSE_IN_FLIGHT", LEADING_IN_FLIGHT)));
-        let forwarding = Arc::new(Semaphore::new(env("RAFTKV_FORWARD_IN_FLIGHT", FORWARDING_IN_FLIGHT)));
+        let leading = Arc::new(Semaphore::new(LEADING_IN_FLIGHT));
+        let forwarding = Arc::new(Semaphore::new(FORWARDING_IN_FLIGHT));
         while let Some(first) = rx.recv().await {
             // The role may change before the batch is sent; the limit is only a batching policy.
             let is_leader = matches!(Leader::of(&self.raft, self.me), Leader::Me);

@@ -4,9 +4,9 @@
 //! leader that confirmation comes from openraft; on a follower from the leader's `ReadIndex`
 //! RPC (openraft's follower read), so a follower serves reads itself instead of relaying them.
 //!
-//! A few confirmations may be in flight at once; reads that arrive while all of them are wait for
-//! the next one, and all of them share it: a burst of reads costs one heartbeat round or one RPC,
-//! not one each. The leader answers its followers' `ReadIndex` RPCs through the same batches, so
+//! One confirmation is in flight at a time; the reads that arrive meanwhile wait for the next
+//! one, and all of them share it: a burst of reads costs one heartbeat round or one call, not one
+//! each. The leader answers its followers' `ReadIndex` RPCs through the same batches, so
 //! the reads of the whole cluster share its heartbeat rounds. Sharing is safe because every read
 //! in a batch was queued before its confirmation was asked for.
 
@@ -83,9 +83,10 @@ impl ReadIndexer {
     }
 }
 
-/// Confirmations in flight at once: enough to keep latency low at low concurrency, few enough
-/// that reads batch up under load.
-const IN_FLIGHT: usize = 4;
+/// Confirmations in flight at once: one, so that every read that arrives meanwhile shares the
+/// next (measured: linearizable reads at 16 connections 8.4k/s with 1, 7.4k with 2, 6.5k with
+/// 4; each confirmation costs a heartbeat round, or a call to the leader).
+const IN_FLIGHT: usize = 1;
 
 /// Where read indexes come from: this node's Raft when it leads, else the leader's RPC.
 struct Source {
@@ -97,11 +98,7 @@ struct Source {
 
 impl Source {
     async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
-        let n = std::env::var("RAFTKV_READ_IN_FLIGHT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(IN_FLIGHT);
-        let slots = Arc::new(Semaphore::new(n));
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         while let Some(first) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -34,8 +34,13 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 
 /// How many durable entries the tail cache keeps, so that replication to followers that are
-/// slightly behind is served from memory instead of redb.
+/// slightly behind is served from memory instead of redb; and at most how many bytes of them
+/// (an entry is a batch of up to thousands of writes).
 const CACHE_KEEP: u64 = 4096;
+const CACHE_KEEP_BYTES: usize = 32 << 20;
+/// redb's page cache for the log (its default is 1 GiB a database): the log is appended in
+/// order and read back mostly from the tail cache.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Observes each group commit; the metrics layer plugs in here.
 pub trait CommitObserver: Send + Sync + 'static {
@@ -51,9 +56,37 @@ impl CommitObserver for NoObserver {
 /// always in the cache, in redb, or both: the writer evicts only what it has made durable.
 #[derive(Default)]
 struct TailCache {
-    /// index -> (append sequence number, entry)
-    entries: BTreeMap<u64, (u64, Entry)>,
+    /// index -> (append sequence number, payload bytes, entry)
+    entries: BTreeMap<u64, (u64, usize, Entry)>,
+    /// Payload bytes of the entries held.
+    bytes: usize,
     next_seq: u64,
+}
+
+impl TailCache {
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        let size = match &entry.payload {
+            EntryPayload::Normal(p) => p.size(),
+            _ => 0,
+        };
+        self.bytes += size;
+        if let Some((_, old, _)) = self.entries.insert(entry.log_id.index, (seq, size, entry)) {
+            self.bytes -= old;
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn drop_from(&mut self, index: u64) {
+        let gone = self.entries.split_off(&index);
+        self.bytes -= gone.values().map(|(_, size, _)| size).sum::<usize>();
+    }
+
+    /// Drops the entries up to `index`, inclusive.
+    fn drop_through(&mut self, index: u64) {
+        let rest = self.entries.split_off(&(index + 1));
+        let gone = std::mem::replace(&mut self.entries, rest);
+        self.bytes -= gone.values().map(|(_, size, _)| size).sum::<usize>();
+    }
 }
 
 struct Shared {
@@ -102,7 +135,10 @@ impl LogStore {
     }
 
     pub fn open_with_observer(path: &Path, observer: Arc<dyn CommitObserver>) -> io::Result<Self> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(io_err)?;
         {
             let txn = db.begin_write().map_err(io_err)?;
             txn.open_table(LOG).map_err(io_err)?;
@@ -317,18 +353,21 @@ fn write_batch(
     Ok(())
 }
 
-/// Drops durable entries from the front of the cache, keeping the last `CACHE_KEEP`.
+/// Drops durable entries from the front of the cache, keeping the last `CACHE_KEEP` while they
+/// hold at most `CACHE_KEEP_BYTES`.
 fn evict_durable(cache: &mut TailCache, durable_seq: u64) {
     let Some((&last, _)) = cache.entries.last_key_value() else {
         return;
     };
     let keep_from = last.saturating_sub(CACHE_KEEP);
     while let Some(first) = cache.entries.first_entry() {
-        let (seq, _) = first.get();
-        if *first.key() >= keep_from || *seq > durable_seq {
+        let (seq, size, _) = *first.get();
+        let wanted = *first.key() >= keep_from && cache.bytes <= CACHE_KEEP_BYTES;
+        if wanted || seq > durable_seq {
             break;
         }
         first.remove();
+        cache.bytes -= size;
     }
 }
 
@@ -359,7 +398,7 @@ impl LogReader {
             let first = cache.entries.first_key_value().map_or(u64::MAX, |(k, _)| *k);
             let from = start.max(first);
             let cached = if from < end {
-                cache.entries.range(from..end).map(|(_, (_, e))| e.clone()).collect()
+                cache.entries.range(from..end).map(|(_, (_, _, e))| e.clone()).collect()
             } else {
                 Vec::new()
             };
@@ -429,7 +468,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner());
-        let cached_last = self.shared.cache().entries.last_key_value().map(|(_, (_, e))| e.log_id);
+        let cached_last = self
+            .shared
+            .cache()
+            .entries
+            .last_key_value()
+            .map(|(_, (_, _, e))| e.log_id);
         let last = match cached_last {
             Some(id) => Some(id),
             None => self.reader().last_on_disk()?,
@@ -478,7 +522,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let seq = cache.next_seq;
             cache.next_seq += 1;
             for e in &entries {
-                cache.entries.insert(e.log_id.index, (seq, e.clone()));
+                cache.insert(seq, e.clone());
             }
             seq
         };
@@ -493,21 +537,68 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let after = last_log_id.map(|id| id.index);
         {
             let mut cache = self.shared.cache();
-            let from = after.map_or(0, |i| i + 1);
-            cache.entries.split_off(&from);
+            cache.drop_from(after.map_or(0, |i| i + 1));
         }
         self.send_and_wait(|done| WriteOp::TruncateAfter(after, done)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         {
-            let mut cache = self.shared.cache();
-            let rest = cache.entries.split_off(&(log_id.index + 1));
-            cache.entries = rest;
+            self.shared.cache().drop_through(log_id.index);
         }
         let upto = log_id;
         self.send_and_wait(|done| WriteOp::Purge(upto, done)).await?;
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Command, Proposal};
+    use bytes::Bytes;
+    use openraft::vote::leader_id_adv::LeaderId;
+    use openraft::vote::RaftLeaderId;
+
+    fn entry(index: u64, value_bytes: usize) -> Entry {
+        let put = Command::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0u8; value_bytes]),
+            precondition: None,
+        };
+        Entry {
+            log_id: LogId::new(LeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal(vec![put])),
+        }
+    }
+
+    #[test]
+    fn the_tail_cache_keeps_its_bytes_bounded_but_never_evicts_what_is_not_durable() {
+        let mut cache = TailCache::default();
+        let big = 1 << 20; // 1 MiB entries: 64 of them are twice the byte bound
+        for i in 0..64 {
+            cache.insert(i, entry(i, big));
+        }
+        evict_durable(&mut cache, 9);
+        assert_eq!(
+            cache.entries.first_key_value().map(|(k, _)| *k),
+            Some(10),
+            "only durable entries go"
+        );
+        evict_durable(&mut cache, 63);
+        assert!(cache.bytes <= CACHE_KEEP_BYTES, "{} bytes kept", cache.bytes);
+        assert!(cache.bytes > CACHE_KEEP_BYTES - 2 * big, "evicts no more than it must");
+        assert_eq!(cache.bytes, cache.entries.len() * (big + 1));
+
+        cache.drop_from(60);
+        cache.drop_through(40);
+        assert_eq!(
+            cache.entries.keys().copied().collect::<Vec<_>>(),
+            (41..60).collect::<Vec<_>>()
+        );
+        assert_eq!(cache.bytes, 19 * (big + 1));
+        cache.insert(64, entry(59, 10)); // a replaced entry gives its bytes back
+        assert_eq!(cache.bytes, 18 * (big + 1) + 11);
     }
 }

@@ -47,6 +47,13 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const FLUSH_KEYS: usize = 32768;
 /// Applying waits for the flusher while the active layer holds this many bytes.
 const MAX_ACTIVE_BYTES: usize = 64 << 20;
+/// A flush is made durable at least this often while changes arrive. redb frees the pages that
+/// a commit replaces only at a durable commit, and keeps non-durable commits' pages in memory
+/// until then: without these the file and the memory grow until the next snapshot.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// redb's page cache for the state (its default is 1 GiB a database). Reads that miss it still
+/// hit the kernel's page cache.
+const CACHE_BYTES: usize = 128 << 20;
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
@@ -215,7 +222,10 @@ impl StateMachine {
                 std::fs::remove_file(&path)?;
             }
         }
-        let db = Database::create(db_path).map_err(io_err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(db_path)
+            .map_err(io_err)?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(KV).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
@@ -329,8 +339,9 @@ impl StateMachine {
         self.install(meta, &data)
     }
 
-    /// Writes everything applied so far to redb (made durable with `Durability::Immediate`).
-    fn flush(&self, durability: Durability) -> io::Result<()> {
+    /// Writes everything applied so far to redb (made durable with `Durability::Immediate`);
+    /// false if there was nothing to write.
+    fn flush(&self, durability: Durability) -> io::Result<bool> {
         let _one = self.inner.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let (layer, meta) = {
@@ -339,7 +350,7 @@ impl StateMachine {
                 && layers.meta.applied == layers.flushed
                 && matches!(durability, Durability::None)
             {
-                return Ok(());
+                return Ok(false);
             }
             let layer = Arc::new(std::mem::take(&mut layers.active));
             layers.flushing = Some(layer.clone());
@@ -363,7 +374,7 @@ impl StateMachine {
         self.inner.flushed.notify_waiters();
         written?;
         self.inner.observer.flushed(layer.len(), started.elapsed());
-        Ok(())
+        Ok(true)
     }
 
     fn current_snapshot_path(&self) -> io::Result<Option<PathBuf>> {
@@ -490,6 +501,8 @@ impl StateMachine {
 /// The flusher thread: writes the active layer every `FLUSH_INTERVAL`, or when woken; ends
 /// with the state machine.
 fn flusher(inner: Weak<Inner>) {
+    let mut last_durable = Instant::now();
+    let mut undurable = false;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -503,9 +516,22 @@ fn flusher(inner: Weak<Inner>) {
             *woken = false;
         }
         let sm = StateMachine { inner: strong };
-        if let Err(e) = sm.flush(Durability::None) {
-            tracing::error!(error = %e, "cannot write applied changes to the state database; retrying");
-            std::thread::sleep(Duration::from_millis(100));
+        let durable = undurable && last_durable.elapsed() >= DURABLE_EVERY;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        match sm.flush(durability) {
+            Ok(_) if durable => {
+                last_durable = Instant::now();
+                undurable = false;
+            }
+            Ok(wrote) => undurable |= wrote,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write applied changes to the state database; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
