@@ -105,8 +105,12 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// Waits until the API server answers and its system namespaces exist: it creates them
+    /// in a controller of its own after it starts serving, and the kubelet's node lease lives
+    /// in `kube-node-lease` (CI once saw the lease refused: namespace not found).
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = self.client().await?;
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
         let deadline = Instant::now() + timeout;
         loop {
             for p in &mut self.procs {
@@ -115,7 +119,13 @@ impl ControlPlane {
                 }
             }
             if client.apiserver_version().await.is_ok() {
-                return Ok(());
+                let mut missing = false;
+                for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                    missing |= !matches!(namespaces.get_opt(ns).await, Ok(Some(_)));
+                }
+                if !missing {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 bail!("the API server was not ready within {timeout:?}");
