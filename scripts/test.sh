@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite (the README's test command). Installs what the tests need first:
+# The whole test suite (the README's test command, and all that CI runs): formatting, lints,
+# the release build, then the tests. Installs what they need first: rustfmt and clippy,
 # Debian's `prometheus` package (promtool and a real Prometheus server), helm, and a
 # Kubernetes control plane built from its Go modules. Run as root: the end-to-end test bed
 # creates network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== release build (the Dockerfile's builder command)"
+scripts/build-release.sh
 
 packages=()
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
@@ -26,4 +35,5 @@ scripts/k8s-tools.sh >/dev/null
 # The nemesis tests' linearizability checker (Go, porcupine): its own unit tests first.
 (cd nemesis/lincheck && go test ./...)
 
+echo "== tests"
 cargo test --workspace --locked "$@"
