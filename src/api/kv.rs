@@ -33,22 +33,18 @@ struct Incoming {
 impl Incoming {
     async fn read(req: Request, body_limit: usize) -> Result<Incoming, ApiError> {
         let (parts, body) = req.into_parts();
+        let mut declared = 0;
         if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-            let len: usize = len
+            declared = len
                 .to_str()
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| ApiError::InvalidHeader("Content-Length is not a number".into()))?;
-            if len > body_limit {
-                return Err(too_large(len, body_limit));
+            if declared > body_limit {
+                return Err(too_large(declared, body_limit));
             }
         }
-        let body = axum::body::to_bytes(body, body_limit)
-            .await
-            .map_err(|_| too_large(body_limit + 1, body_limit))?;
-        // A small body is a slice of the connection's read buffer: kept as it is, every value
-        // in the log cache and the state's layers would pin a whole buffer (kilobytes each).
-        let body = Bytes::copy_from_slice(&body);
+        let body = read_body(body, declared, body_limit).await?;
         Ok(Incoming {
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
@@ -64,6 +60,24 @@ impl Incoming {
             Err(ApiError::UnexpectedBody { method })
         }
     }
+}
+
+/// Reads a whole body into an allocation of its own, in one copy. Each frame is a slice of
+/// the connection's read buffer: kept as it is, every value held in the log's tail cache and
+/// the state's layers would pin a whole buffer (kilobytes for a 100-byte value).
+async fn read_body(mut body: Body, declared: usize, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::InvalidBody(format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(too_large(out.len() + data.len(), limit));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 fn too_large(size: usize, limit: usize) -> ApiError {

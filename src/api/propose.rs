@@ -1,14 +1,14 @@
 //! Writes, batched. Every write goes through the proposer of the node that received it, which
 //! gathers the writes that arrive together. A follower sends them to the leader as one call on
 //! its `Calls` stream (`transport::calls`: one message on a stream that is always open, instead
-//! of one HTTP relay per write); the leader's proposer merges its own clients' writes with the followers' batches into
-//! one [`Proposal`]: one Raft entry, one fsync per node, one replication message and one
-//! state-machine transaction for all of them.
+//! of one HTTP relay per write); the leader's proposer merges its own clients' writes with the
+//! followers' batches into one [`Proposal`]: one Raft entry, one fsync per node, one
+//! replication message and one state-machine transaction for all of them.
 //!
 //! One proposal is in flight at a time on the leader (two batches per follower); writes that
-//! arrive meanwhile wait for the next one. At
-//! low load a write is proposed alone and at once; under load proposals grow by themselves, as
-//! the group commit of the log does, and the per-entry costs of Raft and storage are shared.
+//! arrive meanwhile wait for the next one. At low load a write is proposed alone and at once;
+//! under load proposals grow by themselves, as the group commit of the log does, and the
+//! per-entry costs of Raft and storage are shared.
 //!
 //! A write is retried (on the leader that replaces the one asked) only when it certainly was not
 //! proposed: no leader known, the node asked does not lead, or no connection was made. Anything

@@ -1,12 +1,12 @@
 //! Read indexes, batched. A linearizable (or lease) read may be served by this node once its
 //! state machine has applied the *read index*: the commit index of a leader that has confirmed,
 //! after the read arrived, that it still leads (by a heartbeat round, or by its lease). On the
-//! leader that confirmation comes from openraft; on a follower from the leader's `ReadIndex`
-//! RPC (openraft's follower read), so a follower serves reads itself instead of relaying them.
+//! leader that confirmation comes from openraft; on a follower from a read-index call to the
+//! leader (openraft's follower read), so a follower serves reads itself instead of relaying them.
 //!
 //! One confirmation is in flight at a time; the reads that arrive meanwhile wait for the next
 //! one, and all of them share it: a burst of reads costs one heartbeat round or one call, not one
-//! each. The leader answers its followers' `ReadIndex` RPCs through the same batches, so
+//! each. The leader answers its followers' read-index calls through the same batches, so
 //! the reads of the whole cluster share its heartbeat rounds. Sharing is safe because every read
 //! in a batch was queued before its confirmation was asked for.
 
@@ -88,7 +88,7 @@ impl ReadIndexer {
 /// 4; each confirmation costs a heartbeat round, or a call to the leader).
 const IN_FLIGHT: usize = 1;
 
-/// Where read indexes come from: this node's Raft when it leads, else the leader's RPC.
+/// Where read indexes come from: this node's Raft when it leads, else a call to the leader.
 struct Source {
     me: NodeId,
     raft: Raft,

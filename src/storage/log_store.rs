@@ -78,13 +78,35 @@ impl TailCache {
     /// Drops the entries from `index` on.
     fn drop_from(&mut self, index: u64) {
         let gone = self.entries.split_off(&index);
-        self.bytes -= gone.values().map(|(_, size, _)| size).sum::<usize>();
+        self.forget(&gone);
     }
 
     /// Drops the entries up to `index`, inclusive.
     fn drop_through(&mut self, index: u64) {
         let rest = self.entries.split_off(&(index + 1));
         let gone = std::mem::replace(&mut self.entries, rest);
+        self.forget(&gone);
+    }
+
+    /// Drops durable entries from the front, keeping the last `CACHE_KEEP` while they hold at
+    /// most `CACHE_KEEP_BYTES`.
+    fn evict_durable(&mut self, durable_seq: u64) {
+        let Some((&last, _)) = self.entries.last_key_value() else {
+            return;
+        };
+        let keep_from = last.saturating_sub(CACHE_KEEP);
+        while let Some(first) = self.entries.first_entry() {
+            let (seq, size, _) = *first.get();
+            let wanted = *first.key() >= keep_from && self.bytes <= CACHE_KEEP_BYTES;
+            if wanted || seq > durable_seq {
+                break;
+            }
+            first.remove();
+            self.bytes -= size;
+        }
+    }
+
+    fn forget(&mut self, gone: &BTreeMap<u64, (u64, usize, Entry)>) {
         self.bytes -= gone.values().map(|(_, size, _)| size).sum::<usize>();
     }
 }
@@ -263,7 +285,7 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
             }
         }
         if let (Ok(()), Some(max_seq)) = (&result, max_seq) {
-            evict_durable(&mut shared.cache(), max_seq);
+            shared.cache().evict_durable(max_seq);
         }
     }
 }
@@ -351,24 +373,6 @@ fn write_batch(
         committed.written = Some(std::time::Instant::now());
     }
     Ok(())
-}
-
-/// Drops durable entries from the front of the cache, keeping the last `CACHE_KEEP` while they
-/// hold at most `CACHE_KEEP_BYTES`.
-fn evict_durable(cache: &mut TailCache, durable_seq: u64) {
-    let Some((&last, _)) = cache.entries.last_key_value() else {
-        return;
-    };
-    let keep_from = last.saturating_sub(CACHE_KEEP);
-    while let Some(first) = cache.entries.first_entry() {
-        let (seq, size, _) = *first.get();
-        let wanted = *first.key() >= keep_from && cache.bytes <= CACHE_KEEP_BYTES;
-        if wanted || seq > durable_seq {
-            break;
-        }
-        first.remove();
-        cache.bytes -= size;
-    }
 }
 
 fn range_start(range: &impl RangeBounds<u64>) -> u64 {
@@ -580,13 +584,13 @@ mod tests {
         for i in 0..64 {
             cache.insert(i, entry(i, big));
         }
-        evict_durable(&mut cache, 9);
+        cache.evict_durable(9);
         assert_eq!(
             cache.entries.first_key_value().map(|(k, _)| *k),
             Some(10),
             "only durable entries go"
         );
-        evict_durable(&mut cache, 63);
+        cache.evict_durable(63);
         assert!(cache.bytes <= CACHE_KEEP_BYTES, "{} bytes kept", cache.bytes);
         assert!(cache.bytes > CACHE_KEEP_BYTES - 2 * big, "evicts no more than it must");
         assert_eq!(cache.bytes, cache.entries.len() * (big + 1));
