@@ -112,6 +112,7 @@ impl Node {
         let fence = ClusterFence::new(ClusterIdFile::new(&args.data_dir)).context("reading the cluster id")?;
         let network = Network::new(fence.clone()).with_metrics(metrics.clone());
         let config = Arc::new(raft_config(args)?);
+        let saved_vote = log_store.saved_vote();
         let raft = Raft::new(id, config, network.clone(), log_store, sm.clone())
             .await
             .context("starting Raft")?;
@@ -134,6 +135,7 @@ impl Node {
             id,
             raft.clone(),
             network.clone(),
+            saved_vote,
             Duration::from_millis(args.request_timeout_ms),
         );
         let raft_svc = RaftServer::new(RaftService::new(

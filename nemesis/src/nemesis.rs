@@ -61,7 +61,7 @@ impl FaultKind {
         }
     }
 
-    fn applies_to(self, nodes: usize) -> bool {
+    pub fn applies_to(self, nodes: usize) -> bool {
         self != FaultKind::Bridge || nodes >= 5
     }
 }

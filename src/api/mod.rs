@@ -6,6 +6,7 @@ pub mod kv;
 pub mod propose;
 pub mod read_index;
 pub mod request;
+pub mod vouch;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

@@ -6,9 +6,13 @@
 //!
 //! One confirmation is in flight at a time; the reads that arrive meanwhile wait for the next
 //! one, and all of them share it: a burst of reads costs one heartbeat round or one call, not one
-//! each. The leader answers its followers' read-index calls through the same batches, so
-//! the reads of the whole cluster share its heartbeat rounds. Sharing is safe because every read
-//! in a batch was queued before its confirmation was asked for.
+//! each. Sharing is safe because every read in a batch was queued before its confirmation was
+//! asked for.
+//!
+//! Where a follower's word suffices (see [`super::vouch`]) the leader needs no heartbeat round:
+//! it answers a follower's call from its own state, and its own reads wait for the next such
+//! call while followers are asking. Otherwise the leader answers through its batches, and the
+//! reads of the whole cluster share its rounds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +21,9 @@ use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::vouch::{self, Board, LastAnswer, Stamp, Vouch};
 use super::Leader;
+use crate::storage::SavedVote;
 use crate::transport::client::Network;
 use crate::types::{NodeId, Raft};
 
@@ -43,20 +49,24 @@ struct Waiter {
 #[derive(Clone)]
 pub struct ReadIndexer {
     tx: mpsc::UnboundedSender<Waiter>,
+    source: Arc<Source>,
 }
 
 impl ReadIndexer {
     /// Starts the batching task. `timeout` bounds each confirmation.
-    pub fn start(me: NodeId, raft: Raft, peers: Network, timeout: Duration) -> ReadIndexer {
+    pub fn start(me: NodeId, raft: Raft, peers: Network, saved_vote: SavedVote, timeout: Duration) -> ReadIndexer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let source = Source {
+        let source = Arc::new(Source {
             me,
             raft,
             peers,
+            saved_vote,
             timeout,
-        };
-        tokio::spawn(Arc::new(source).run(rx));
-        ReadIndexer { tx }
+            board: Board::default(),
+            last_answer: LastAnswer::default(),
+        });
+        tokio::spawn(source.clone().run(rx));
+        ReadIndexer { tx, source }
     }
 
     /// A read index obtained after this call began, from this node or the leader.
@@ -64,9 +74,32 @@ impl ReadIndexer {
         self.wait(lease, false).await
     }
 
-    /// A read index confirmed by this node as the leader (`NotLeader` if it does not lead).
-    pub async fn read_index_here(&self, lease: bool) -> Result<u64, NoReadIndex> {
+    /// A read index confirmed by this node as the leader (`NotLeader` if it does not lead), for
+    /// a follower's call: at once on the follower's `vouch` where that suffices, else by a
+    /// heartbeat round (or the lease).
+    pub async fn read_index_here(&self, lease: bool, vouch: Option<Vouch>) -> Result<u64, NoReadIndex> {
+        if let Some(vouch) = vouch {
+            let me = self.source.me;
+            match self
+                .source
+                .raft
+                .with_raft_state(move |st| vouch::vouched(st, me, &vouch))
+                .await
+            {
+                Ok(Some(index)) => {
+                    self.source.board.acked(&vouch, index);
+                    return Ok(index);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(NoReadIndex::Stopped(format!("raft stopped: {e}"))),
+            }
+        }
         self.wait(lease, true).await
+    }
+
+    /// The stamp for an answer to a follower's call, taken as it is sent.
+    pub fn stamp(&self) -> Stamp {
+        self.source.board.now()
     }
 
     async fn wait(&self, lease: bool, here_only: bool) -> Result<u64, NoReadIndex> {
@@ -93,7 +126,12 @@ struct Source {
     me: NodeId,
     raft: Raft,
     peers: Network,
+    saved_vote: SavedVote,
     timeout: Duration,
+    /// As the leader: followers' acknowledgements, for its own reads.
+    board: Board,
+    /// As a follower: what it echoes to the leader.
+    last_answer: LastAnswer,
 }
 
 impl Source {
@@ -108,22 +146,31 @@ impl Source {
             while let Ok(w) = rx.try_recv() {
                 batch.push(w);
             }
+            let queued = self.board.now();
             let source = self.clone();
             tokio::spawn(async move {
                 let (lease, linearizable): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.lease);
-                tokio::join!(source.answer(linearizable, false), source.answer(lease, true));
+                tokio::join!(
+                    source.answer(linearizable, false, queued),
+                    source.answer(lease, true, queued)
+                );
                 drop(slot);
             });
         }
     }
 
-    /// One confirmation for all of `waiters`.
-    async fn answer(&self, waiters: Vec<Waiter>, lease: bool) {
+    /// One confirmation for all of `waiters`, all queued by `queued`.
+    async fn answer(&self, waiters: Vec<Waiter>, lease: bool, queued: Stamp) {
         if waiters.is_empty() {
             return;
         }
         let result = match Leader::of(&self.raft, self.me) {
-            Leader::Me => self.locally(lease).await,
+            // A follower's call sent after all of them arrived (see `vouch`), or a round.
+            Leader::Me if !lease => match self.board.index_after(queued).await {
+                Some(index) => Ok(index),
+                None => self.locally(false).await,
+            },
+            Leader::Me => self.locally(true).await,
             other => {
                 let (here, waiters): (Vec<Waiter>, Vec<Waiter>) = waiters.into_iter().partition(|w| w.here_only);
                 for w in here {
@@ -168,12 +215,31 @@ impl Source {
 
     async fn remotely(&self, leader: Leader, lease: bool) -> Result<u64, NoReadIndex> {
         match leader {
-            Leader::Other { id, raft_addr, .. } => self
-                .peers
-                .read_index(&raft_addr, id, lease, self.timeout)
-                .await
-                .map_err(|e| NoReadIndex::Retry(format!("leader {id} at {raft_addr}: {e}"))),
+            Leader::Other { id, raft_addr, .. } => {
+                let answer = self
+                    .peers
+                    .read_index(&raft_addr, id, lease, self.vouch(id), self.timeout)
+                    .await
+                    .map_err(|e| NoReadIndex::Retry(format!("leader {id} at {raft_addr}: {e}")))?;
+                if let Some(stamp) = answer.stamp {
+                    self.last_answer.record(id, stamp);
+                }
+                Ok(answer.index)
+            }
             _ => Err(NoReadIndex::Retry("no leader known".into())),
         }
+    }
+}
+
+impl Source {
+    /// This node's word for `leader`, read now: after every read of the batch being asked for
+    /// arrived.
+    fn vouch(&self, leader: NodeId) -> Option<Vouch> {
+        self.saved_vote.get().map(|v| Vouch {
+            from: self.me,
+            term: v.leader_id.term,
+            leader: v.leader_id.node_id,
+            after: self.last_answer.from(leader),
+        })
     }
 }

@@ -209,7 +209,27 @@ impl LogStore {
     }
 }
 
+/// The vote this node has durably saved. Every vote it grants is saved (and this updated) before
+/// the grant is sent, so a node whose saved vote is V has granted no vote above V.
+#[derive(Clone)]
+pub struct SavedVote {
+    shared: Arc<Shared>,
+}
+
+impl SavedVote {
+    pub fn get(&self) -> Option<Vote> {
+        *self.shared.vote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl LogStore {
+    /// A handle on the saved vote that outlives handing this store to openraft.
+    pub fn saved_vote(&self) -> SavedVote {
+        SavedVote {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Seeds an empty log for a node restored from a backup: the log starts after `last`
     /// (as if everything up to it had been purged into the snapshot) with `vote` saved.
     pub async fn seed_restored(&self, last: LogId, vote: Vote) -> io::Result<()> {

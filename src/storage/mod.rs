@@ -22,7 +22,7 @@ use std::sync::Arc;
 use log_store::CommitObserver;
 use state_machine::StateObserver;
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, SavedVote};
 pub use snapshot::SnapshotData;
 pub use state_machine::{KeyValue, StateMachine};
 

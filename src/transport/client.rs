@@ -27,16 +27,25 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::calls::{CallError, PeerCalls};
 use super::ClusterFence;
+use crate::api::vouch::{Stamp, Vouch};
 use crate::metrics::Metrics;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::{
-    call, reply, snapshot_chunk, ProposeRequest, RaftMessage, ReadIndexRequest, SnapshotChunk, SnapshotHeader,
+    self as proto, call, reply, snapshot_chunk, ProposeRequest, RaftMessage, ReadIndexRequest, SnapshotChunk,
+    SnapshotHeader,
 };
 use crate::storage::codec::{decode, encode};
 use crate::storage::SnapshotData;
 use crate::types::{CommandResult, NodeAddr, NodeId, Proposal, TypeConfig, Vote};
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// A leader's answer to a read-index call.
+pub struct ReadIndexAnswer {
+    pub index: u64,
+    /// When it answered, on its clock (none from a node that does not stamp answers).
+    pub stamp: Option<Stamp>,
+}
 
 /// Snapshot data is sent in chunks of this size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -105,16 +114,36 @@ impl Network {
 
     /// Asks the leader `target` at `addr` for the index a linearizable (or, with `lease`, lease)
     /// read must wait for on this node. See `Call.read_index` in raft.proto.
-    pub async fn read_index(&self, addr: &str, target: NodeId, lease: bool, timeout: Duration) -> Result<u64, String> {
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        target: NodeId,
+        lease: bool,
+        vouch: Option<Vouch>,
+        timeout: Duration,
+    ) -> Result<ReadIndexAnswer, String> {
         let call = call::Kind::ReadIndex(ReadIndexRequest {
             cluster_id: self.fence.outgoing(),
             target,
             lease,
+            vouch: vouch.map(|v| proto::Vouch {
+                from: v.from,
+                term: v.term,
+                leader: v.leader,
+                epoch: v.after.map_or(0, |s| s.epoch),
+                stamp: v.after.map_or(0, |s| s.nanos),
+            }),
         });
         let calls = self.calls(addr).map_err(|e| format!("{e:?}"))?;
         match tokio::time::timeout(timeout, calls.call(call)).await {
             Err(_) => Err("no answer from the leader in time".into()),
-            Ok(Ok(reply::Kind::ReadIndex(r))) => Ok(r.index),
+            Ok(Ok(reply::Kind::ReadIndex(r))) => Ok(ReadIndexAnswer {
+                index: r.index,
+                stamp: (r.epoch != 0).then_some(Stamp {
+                    epoch: r.epoch,
+                    nanos: r.stamp,
+                }),
+            }),
             Ok(Ok(_)) => Err("a reply of the wrong kind".into()),
             Ok(Err(CallError::Failed(s))) => Err(s.message().to_string()),
             Ok(Err(CallError::NotSent(m) | CallError::Lost(m))) => Err(m),
