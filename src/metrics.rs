@@ -59,6 +59,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub forwarded: IntCounterVec,
     pub proposal_commands: Histogram,
+    pub read_index_confirmations: IntCounterVec,
     pub rpcs: IntCounterVec,
     pub rpc_duration: HistogramVec,
 }
@@ -325,6 +326,19 @@ impl Metrics {
                         "Client writes this node sent to the leader (in Propose RPCs), by result."
                     ),
                     &["result"]
+                )?
+            ),
+            read_index_confirmations: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "raftkv_read_index_confirmations_total",
+                        "Read indexes this node obtained or gave, each shared by a batch of reads, by how: \
+                         round (a heartbeat round), lease, vouch (a follower's call, answered on its \
+                         word), echo (this leader's reads, on a follower's later call), leader (a \
+                         follower's call to the leader)."
+                    ),
+                    &["via"]
                 )?
             ),
             proposal_commands: reg!(

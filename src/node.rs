@@ -136,6 +136,7 @@ impl Node {
             raft.clone(),
             network.clone(),
             saved_vote,
+            &metrics,
             Duration::from_millis(args.request_timeout_ms),
         );
         let raft_svc = RaftServer::new(RaftService::new(

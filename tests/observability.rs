@@ -118,6 +118,7 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
             "raftkv_raft_writes_forwarded_total",
             "raftkv_raft_proposal_commands",
             "raftkv_storage_state_flush_duration_seconds",
+            "raftkv_read_index_confirmations_total",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
             "process_open_fds",
@@ -138,7 +139,7 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
         }
         // Labels stay bounded: no key, address or free-form label anywhere.
         let allowed: BTreeSet<&str> = [
-            "route", "method", "code", "peer", "role", "db", "reason", "result", "node_id", "version", "le",
+            "route", "method", "code", "peer", "role", "db", "reason", "result", "node_id", "version", "le", "via",
         ]
         .into();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -154,7 +155,30 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
             }
             assert!(!line.contains("/v1/kv/m"), "a key leaked into a label: {line}");
         }
+        // With three voters, a follower's linearizable reads were confirmed by the leader on the
+        // follower's word, without a heartbeat round.
+        let via = |how: &str| {
+            sample(
+                &text,
+                &format!("raftkv_read_index_confirmations_total{{via=\"{how}\"}}"),
+            )
+        };
+        if i == leader {
+            assert!(
+                via("vouch") >= 1.0,
+                "the leader answered no follower on its word:\n{text}"
+            );
+        } else {
+            assert!(via("leader") >= 1.0, "follower {i} asked the leader for no read index");
+        }
     }
+}
+
+/// The value of the sample `series` (name and labels, as exposed) in `text`; 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 struct Prometheus {

@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::vouch::{self, Board, LastAnswer, Stamp, Vouch};
 use super::Leader;
+use crate::metrics::Metrics;
 use crate::storage::SavedVote;
 use crate::transport::client::Network;
 use crate::types::{NodeId, Raft};
@@ -54,7 +56,14 @@ pub struct ReadIndexer {
 
 impl ReadIndexer {
     /// Starts the batching task. `timeout` bounds each confirmation.
-    pub fn start(me: NodeId, raft: Raft, peers: Network, saved_vote: SavedVote, timeout: Duration) -> ReadIndexer {
+    pub fn start(
+        me: NodeId,
+        raft: Raft,
+        peers: Network,
+        saved_vote: SavedVote,
+        metrics: &Metrics,
+        timeout: Duration,
+    ) -> ReadIndexer {
         let (tx, rx) = mpsc::unbounded_channel();
         let source = Arc::new(Source {
             me,
@@ -64,6 +73,7 @@ impl ReadIndexer {
             timeout,
             board: Board::default(),
             last_answer: LastAnswer::default(),
+            counts: Counts::new(metrics),
         });
         tokio::spawn(source.clone().run(rx));
         ReadIndexer { tx, source }
@@ -87,6 +97,7 @@ impl ReadIndexer {
                 .await
             {
                 Ok(Some(index)) => {
+                    self.source.counts.vouch.inc();
                     self.source.board.acked(&vouch, index);
                     return Ok(index);
                 }
@@ -132,6 +143,29 @@ struct Source {
     board: Board,
     /// As a follower: what it echoes to the leader.
     last_answer: LastAnswer,
+    counts: Counts,
+}
+
+/// `raftkv_read_index_confirmations_total`, by how each was had.
+struct Counts {
+    round: IntCounter,
+    lease: IntCounter,
+    vouch: IntCounter,
+    echo: IntCounter,
+    leader: IntCounter,
+}
+
+impl Counts {
+    fn new(metrics: &Metrics) -> Counts {
+        let via = |v: &str| metrics.read_index_confirmations.with_label_values(&[v]);
+        Counts {
+            round: via("round"),
+            lease: via("lease"),
+            vouch: via("vouch"),
+            echo: via("echo"),
+            leader: via("leader"),
+        }
+    }
 }
 
 impl Source {
@@ -167,7 +201,10 @@ impl Source {
         let result = match Leader::of(&self.raft, self.me) {
             // A follower's call sent after all of them arrived (see `vouch`), or a round.
             Leader::Me if !lease => match self.board.index_after(queued).await {
-                Some(index) => Ok(index),
+                Some(index) => {
+                    self.counts.echo.inc();
+                    Ok(index)
+                }
                 None => self.locally(false).await,
             },
             Leader::Me => self.locally(true).await,
@@ -202,7 +239,10 @@ impl Source {
                 "could not confirm leadership within {:?}",
                 self.timeout
             ))),
-            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+            Ok(Ok(linearizer)) => {
+                if lease { &self.counts.lease } else { &self.counts.round }.inc();
+                Ok(linearizer.read_log_id().index())
+            }
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
                 Err(NoReadIndex::Retry("leadership moved during the request".into()))
             }
@@ -224,6 +264,7 @@ impl Source {
                 if let Some(stamp) = answer.stamp {
                     self.last_answer.record(id, stamp);
                 }
+                self.counts.leader.inc();
                 Ok(answer.index)
             }
             _ => Err(NoReadIndex::Retry("no leader known".into())),
