@@ -270,9 +270,7 @@ impl Source {
             _ => Err(NoReadIndex::Retry("no leader known".into())),
         }
     }
-}
 
-impl Source {
     /// This node's word for `leader`, read now: after every read of the batch being asked for
     /// arrived.
     fn vouch(&self, leader: NodeId) -> Option<Vouch> {

@@ -31,8 +31,7 @@ use crate::api::vouch::{Stamp, Vouch};
 use crate::metrics::Metrics;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::{
-    self as proto, call, reply, snapshot_chunk, ProposeRequest, RaftMessage, ReadIndexRequest, SnapshotChunk,
-    SnapshotHeader,
+    call, reply, snapshot_chunk, ProposeRequest, RaftMessage, ReadIndexRequest, SnapshotChunk, SnapshotHeader,
 };
 use crate::storage::codec::{decode, encode};
 use crate::storage::SnapshotData;
@@ -126,23 +125,14 @@ impl Network {
             cluster_id: self.fence.outgoing(),
             target,
             lease,
-            vouch: vouch.map(|v| proto::Vouch {
-                from: v.from,
-                term: v.term,
-                leader: v.leader,
-                epoch: v.after.map_or(0, |s| s.epoch),
-                stamp: v.after.map_or(0, |s| s.nanos),
-            }),
+            vouch: vouch.map(Into::into),
         });
         let calls = self.calls(addr).map_err(|e| format!("{e:?}"))?;
         match tokio::time::timeout(timeout, calls.call(call)).await {
             Err(_) => Err("no answer from the leader in time".into()),
             Ok(Ok(reply::Kind::ReadIndex(r))) => Ok(ReadIndexAnswer {
                 index: r.index,
-                stamp: (r.epoch != 0).then_some(Stamp {
-                    epoch: r.epoch,
-                    nanos: r.stamp,
-                }),
+                stamp: r.stamp.as_ref().map(Into::into),
             }),
             Ok(Ok(_)) => Err("a reply of the wrong kind".into()),
             Ok(Err(CallError::Failed(s))) => Err(s.message().to_string()),

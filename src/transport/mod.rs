@@ -64,3 +64,49 @@ impl ClusterFence {
         }
     }
 }
+
+/// The read-index vocabulary on the wire and in `api::vouch`.
+mod vouch_wire {
+    use crate::api::vouch::{Stamp, Vouch};
+    use crate::pb::raft as pb;
+
+    impl From<Stamp> for pb::Stamp {
+        fn from(s: Stamp) -> Self {
+            pb::Stamp {
+                epoch: s.epoch,
+                nanos: s.nanos,
+            }
+        }
+    }
+
+    impl From<&pb::Stamp> for Stamp {
+        fn from(s: &pb::Stamp) -> Self {
+            Stamp {
+                epoch: s.epoch,
+                nanos: s.nanos,
+            }
+        }
+    }
+
+    impl From<Vouch> for pb::Vouch {
+        fn from(v: Vouch) -> Self {
+            pb::Vouch {
+                from: v.from,
+                term: v.term,
+                leader: v.leader,
+                after: v.after.map(Into::into),
+            }
+        }
+    }
+
+    impl From<&pb::Vouch> for Vouch {
+        fn from(v: &pb::Vouch) -> Self {
+            Vouch {
+                from: v.from,
+                term: v.term,
+                leader: v.leader,
+                after: v.after.as_ref().map(Into::into),
+            }
+        }
+    }
+}

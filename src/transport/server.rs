@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::ClusterFence;
 use crate::api::propose::{ProposeError, Proposer};
 use crate::api::read_index::{NoReadIndex, ReadIndexer};
-use crate::api::vouch::{Stamp, Vouch};
+use crate::api::vouch::Vouch;
 use crate::pb::raft::raft_server::Raft as RaftRpc;
 use crate::pb::raft::{
     call, reply, snapshot_chunk, Call, Failure, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
@@ -111,24 +111,15 @@ impl RaftService {
     async fn read_index(&self, r: &ReadIndexRequest) -> Result<ReadIndexResponse, Status> {
         check_target(self.id, r.target)?;
         self.fence.check(&r.cluster_id)?;
-        let vouch = r.vouch.as_ref().map(|v| Vouch {
-            from: v.from,
-            term: v.term,
-            leader: v.leader,
-            after: (v.epoch != 0).then_some(Stamp {
-                epoch: v.epoch,
-                nanos: v.stamp,
+        match self
+            .reads
+            .read_index_here(r.lease, r.vouch.as_ref().map(Vouch::from))
+            .await
+        {
+            Ok(index) => Ok(ReadIndexResponse {
+                index,
+                stamp: Some(self.reads.stamp().into()),
             }),
-        });
-        match self.reads.read_index_here(r.lease, vouch).await {
-            Ok(index) => {
-                let stamp = self.reads.stamp();
-                Ok(ReadIndexResponse {
-                    index,
-                    epoch: stamp.epoch,
-                    stamp: stamp.nanos,
-                })
-            }
             Err(NoReadIndex::NotLeader) => Err(Status::failed_precondition("this node is not the leader")),
             Err(NoReadIndex::Retry(m)) => Err(Status::unavailable(m)),
             Err(NoReadIndex::Stopped(m)) => Err(fatal(m)),
