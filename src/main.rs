@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use raftkv::config::{Cli, Command};
 
+/// glibc's allocator cost ~15% of a loaded node's CPU (perf: _int_malloc, free, consolidation);
+/// mimalloc's per-thread free lists do the same work for a fraction of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raftkv::logging::init(&cli.log_level, cli.log_format);

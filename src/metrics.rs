@@ -45,6 +45,7 @@ pub struct Metrics {
 
     pub log_append_duration: Histogram,
     pub log_append_batch: Histogram,
+    pub log_checkpoint_duration: Histogram,
     pub apply_duration: Histogram,
     pub state_flush_duration: Histogram,
     pub entries_applied: IntCounter,
@@ -223,7 +224,7 @@ impl Metrics {
                 r,
                 h(
                     "raftkv_storage_log_append_duration_seconds",
-                    "Time to write and fsync one group commit of log entries (etcd: wal_fsync_duration).",
+                    "Time to write and fsync one group commit of log entries to the journal (etcd: wal_fsync_duration).",
                     latency_buckets()
                 )?
             ),
@@ -233,6 +234,14 @@ impl Metrics {
                     "raftkv_storage_log_append_batch_entries",
                     "Log entries written per group commit.",
                     exponential_buckets(1.0, 2.0, 14).unwrap_or_default()
+                )?
+            ),
+            log_checkpoint_duration: reg!(
+                r,
+                h(
+                    "raftkv_storage_log_checkpoint_duration_seconds",
+                    "Time to write one checkpoint of journaled log entries into redb (one durable commit).",
+                    latency_buckets()
                 )?
             ),
             apply_duration: reg!(
@@ -423,6 +432,10 @@ impl CommitObserver for Metrics {
     fn committed(&self, entries: usize, elapsed: Duration) {
         self.log_append_duration.observe(elapsed.as_secs_f64());
         self.log_append_batch.observe(entries as f64);
+    }
+
+    fn checkpointed(&self, _entries: usize, elapsed: Duration) {
+        self.log_checkpoint_duration.observe(elapsed.as_secs_f64());
     }
 }
 

@@ -107,6 +107,7 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
             "raftkv_raft_elections_started_total",
             "raftkv_storage_log_append_duration_seconds",
             "raftkv_storage_log_append_batch_entries",
+            "raftkv_storage_log_checkpoint_duration_seconds",
             "raftkv_storage_apply_duration_seconds",
             "raftkv_storage_entries_applied_total",
             "raftkv_storage_db_size_bytes",
@@ -371,7 +372,7 @@ async fn a_real_prometheus_scrapes_the_cluster_and_the_dashboard_queries_work() 
         "Write latency (PUT)",
         "Commit vs applied index",
         "Replication lag per follower (entries)",
-        "Log fsync latency (group commit)",
+        "Log fsync latency (journal group commit; checkpoint into redb)",
         "Database size",
         "Resident memory",
     ] {

@@ -1,14 +1,18 @@
-//! The Raft log and vote, in redb, with group commit.
+//! The Raft log and vote, in redb, with group commit behind a write-ahead journal.
 //!
-//! One writer thread owns every write to the log database. `append` only puts the entries in an
+//! One writer thread owns every write to the log. `append` only puts the entries in an
 //! in-memory tail cache (so they are readable at once, as openraft requires) and queues them;
-//! the writer drains everything queued, writes it in one transaction, fsyncs once, and only
-//! then tells openraft the entries are persisted. Under load openraft keeps appending while an
-//! fsync is in flight, so batches grow by themselves and fsyncs stop capping throughput.
+//! the writer drains everything queued, writes the entries to the journal
+//! ([`super::journal`]) in one write, fsyncs once, and only then tells openraft they are
+//! persisted. Under load openraft keeps appending while an fsync is in flight, so batches grow
+//! by themselves and fsyncs stop capping throughput. Every quarter second (or 4 MiB) the
+//! writer checkpoints the journaled entries into redb in one durable commit, which costs about
+//! what a single entry's commit did; the tail cache keeps every entry until it is in redb.
 //!
 //! Vote, truncate and purge are rare: they go through the same queue (the writer keeps every
-//! write in order, as openraft requires) and their callers wait until they are durable. The
-//! committed id, saved on every commit, rides along with the next durable batch.
+//! write in order, as openraft requires), straight into redb together with everything not yet
+//! checkpointed, and their callers wait until they are durable. The committed id, saved on
+//! every commit, rides along with the next checkpoint.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,6 +22,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
@@ -25,6 +30,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::oneshot;
 
 use super::codec::{decode, encode, io_err};
+use super::journal::Journal;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -32,10 +38,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+/// The journal generation (u64 little-endian) whose records are not yet in the log table.
+const KEY_GENERATION: &str = "journal_generation";
 
-/// How many durable entries the tail cache keeps, so that replication to followers that are
-/// slightly behind is served from memory instead of redb; and at most how many bytes of them
-/// (an entry is a batch of up to thousands of writes).
+/// How many entries already in redb the tail cache keeps, so that replication to followers
+/// that are slightly behind is served from memory instead of redb; and at most how many bytes
+/// of them (an entry is a batch of up to thousands of writes).
 const CACHE_KEEP: u64 = 4096;
 const CACHE_KEEP_BYTES: usize = 32 << 20;
 /// redb's page cache for the log (its default is 1 GiB a database): the log is appended in
@@ -45,6 +53,8 @@ const CACHE_BYTES: usize = 32 << 20;
 /// Observes each group commit; the metrics layer plugs in here.
 pub trait CommitObserver: Send + Sync + 'static {
     fn committed(&self, entries: usize, elapsed: std::time::Duration);
+    /// A checkpoint wrote `entries` journaled entries into redb.
+    fn checkpointed(&self, _entries: usize, _elapsed: std::time::Duration) {}
 }
 
 struct NoObserver;
@@ -52,8 +62,8 @@ impl CommitObserver for NoObserver {
     fn committed(&self, _: usize, _: std::time::Duration) {}
 }
 
-/// Entries appended but possibly not yet durable, plus a recent durable tail. Every entry is
-/// always in the cache, in redb, or both: the writer evicts only what it has made durable.
+/// Entries appended but not yet in redb, plus a recent tail of those that are. Every entry is
+/// always in the cache, in redb, or both: the writer evicts only what it has written to redb.
 #[derive(Default)]
 struct TailCache {
     /// index -> (append sequence number, payload bytes, entry)
@@ -65,10 +75,7 @@ struct TailCache {
 
 impl TailCache {
     fn insert(&mut self, seq: u64, entry: Entry) {
-        let size = match &entry.payload {
-            EntryPayload::Normal(p) => p.size(),
-            _ => 0,
-        };
+        let size = entry_size(&entry);
         self.bytes += size;
         if let Some((_, old, _)) = self.entries.insert(entry.log_id.index, (seq, size, entry)) {
             self.bytes -= old;
@@ -88,9 +95,9 @@ impl TailCache {
         self.forget(&gone);
     }
 
-    /// Drops durable entries from the front, keeping the last `CACHE_KEEP` while they hold at
-    /// most `CACHE_KEEP_BYTES`.
-    fn evict_durable(&mut self, durable_seq: u64) {
+    /// Drops entries that are in redb from the front, keeping the last `CACHE_KEEP` while they
+    /// hold at most `CACHE_KEEP_BYTES`.
+    fn evict_saved(&mut self, saved_seq: u64) {
         let Some((&last, _)) = self.entries.last_key_value() else {
             return;
         };
@@ -98,7 +105,7 @@ impl TailCache {
         while let Some(first) = self.entries.first_entry() {
             let (seq, size, _) = *first.get();
             let wanted = *first.key() >= keep_from && self.bytes <= CACHE_KEEP_BYTES;
-            if wanted || seq > durable_seq {
+            if wanted || seq > saved_seq {
                 break;
             }
             first.remove();
@@ -167,6 +174,8 @@ impl LogStore {
             txn.open_table(META).map_err(io_err)?;
             txn.commit().map_err(io_err)?;
         }
+        let journal_path = path.with_extension("journal");
+        let (journal, generation) = recover_journal(&db, &journal_path)?;
         let (vote, last_purged) = {
             let txn = db.begin_read().map_err(io_err)?;
             let meta = txn.open_table(META).map_err(io_err)?;
@@ -188,10 +197,21 @@ impl LogStore {
             committed: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
-        let writer_shared = shared.clone();
+        let writer = Writer {
+            shared: shared.clone(),
+            journal,
+            generation,
+            unsaved: Vec::new(),
+            unsaved_bytes: 0,
+            unsaved_seq: None,
+            unsaved_since: None,
+            committed: None,
+            next: None,
+            observer,
+        };
         thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(writer_shared, rx, observer))?;
+            .spawn(move || writer.run(rx))?;
         Ok(LogStore { shared, tx })
     }
 
@@ -240,61 +260,169 @@ impl LogStore {
     }
 }
 
-/// The writer thread: drain, write one transaction, fsync once, acknowledge everything.
-fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<dyn CommitObserver>) {
-    // The newest committed id not yet written. It rides along with a durable batch, at most
-    // once per COMMITTED_EVERY, instead of costing a transaction (or pages in every one) of
-    // its own: openraft saves it on every commit, and a committed id that is a little stale
-    // after a crash only means re-applying fewer entries at start-up (openraft learns the rest
-    // from the leader).
-    let mut committed = Pending::default();
-    // The next transaction, opened while the writer waits: off the path of the next append.
-    let mut next: Option<WriteTransaction> = None;
-    loop {
-        if next.is_none() {
-            next = shared.db.begin_write().ok();
+/// Replays the journal's records (of the generation the database saved) into the log, and
+/// moves the database to the next generation in the same commit: the journal then starts
+/// empty. A database without a generation is new, and any journal beside it is not its own.
+fn recover_journal(db: &Database, path: &Path) -> io::Result<(Journal, u64)> {
+    let saved = {
+        let txn = db.begin_read().map_err(io_err)?;
+        let meta = txn.open_table(META).map_err(io_err)?;
+        let saved = meta.get(KEY_GENERATION).map_err(io_err)?;
+        match saved {
+            Some(v) => Some(u64::from_le_bytes(v.value().try_into().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "raft log: bad journal generation")
+            })?)),
+            None => None,
         }
-        let Ok(first) = rx.recv() else {
-            return;
-        };
-        let mut batch = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            batch.push(op);
-            if batch.len() >= 4096 {
-                break;
+    };
+    let records = match saved {
+        Some(generation) => Journal::recover(path, generation)?,
+        None => Vec::new(),
+    };
+    let mut unsaved = Vec::with_capacity(records.len());
+    for bytes in records {
+        let entry: Entry = decode(&bytes)?;
+        unsaved.push((entry.log_id.index, bytes));
+    }
+    let generation = match saved {
+        Some(g) => g.wrapping_add(1),
+        None => {
+            // Records of a journal left by some other database must never pass as this one's:
+            // the file goes, and the first generation is one no earlier database used.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            first_generation()
+        }
+    };
+    save(db.begin_write().map_err(io_err)?, &unsaved, &[], None, generation)?;
+    if !unsaved.is_empty() {
+        tracing::info!(entries = unsaved.len(), "raft log: replayed the journal");
+    }
+    Ok((Journal::open(path, generation)?, generation))
+}
+
+/// A generation for a new database: the clock's nanoseconds, mixed with the process id.
+fn first_generation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+/// Unsaved entries (in the journal, not yet in redb) are checkpointed into redb once they hold
+/// this many bytes...
+const CHECKPOINT_BYTES: usize = 4 << 20;
+/// ...or once the oldest of them is this old. A checkpoint of many entries costs about what
+/// one entry's redb commit did; the journal is read back only after a crash.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The writer thread: drain what is queued, make it durable with one fsync (in the journal,
+/// or in redb for the rare writes), acknowledge everything; checkpoint into redb now and then.
+struct Writer {
+    shared: Arc<Shared>,
+    journal: Journal,
+    generation: u64,
+    /// Entries durable in the journal but not yet in redb: (index, encoded entry), in order.
+    unsaved: Vec<(u64, Vec<u8>)>,
+    unsaved_bytes: usize,
+    /// The append sequence number of the newest unsaved entry, and when the oldest arrived.
+    unsaved_seq: Option<u64>,
+    unsaved_since: Option<Instant>,
+    /// The newest committed id not yet written. It rides along with the next checkpoint
+    /// instead of costing a commit of its own: openraft saves it on every commit, and a
+    /// committed id that is a little stale after a crash only means re-applying fewer entries
+    /// at start-up (openraft learns the rest from the leader).
+    committed: Option<Option<LogId>>,
+    /// The next transaction, opened while the writer waits: off the path of the next write.
+    next: Option<WriteTransaction>,
+    observer: Arc<dyn CommitObserver>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        loop {
+            if self.next.is_none() {
+                self.next = self.shared.db.begin_write().ok();
+            }
+            let first = match self.unsaved_since {
+                Some(since) => match rx.recv_timeout(CHECKPOINT_EVERY.saturating_sub(since.elapsed())) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint_quietly();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                },
+            };
+            let mut batch = vec![first];
+            while let Ok(op) = rx.try_recv() {
+                batch.push(op);
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+            self.write(batch);
+            let due = self.unsaved_bytes >= CHECKPOINT_BYTES
+                || self.unsaved_since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY);
+            if due {
+                self.checkpoint_quietly();
             }
         }
+    }
+
+    /// Makes `batch` durable and acknowledges every operation in it.
+    fn write(&mut self, batch: Vec<WriteOp>) {
         for op in &batch {
             if let WriteOp::Committed(c) = op {
-                committed.value = Some(*c);
+                self.committed = Some(*c);
             }
         }
-        let started = std::time::Instant::now();
-        let result = write_batch(&shared.db, &mut next, &batch, &mut committed);
-        let appended: usize = batch
-            .iter()
-            .map(|op| match op {
-                WriteOp::Append { entries, .. } => entries.len(),
-                _ => 0,
-            })
-            .sum();
-        if result.is_ok() && appended > 0 {
-            observer.committed(appended, started.elapsed());
-        }
+        let started = Instant::now();
+        let mut appended = 0;
+        let mut payload_bytes = 0;
         let mut max_seq = None;
+        for op in &batch {
+            if let WriteOp::Append { seq, entries, .. } = op {
+                appended += entries.len();
+                payload_bytes += entries.iter().map(entry_size).sum::<usize>();
+                max_seq = Some(*seq);
+            }
+        }
+        let rare = batch
+            .iter()
+            .any(|op| matches!(op, WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..)));
+        // Only entries, votes, truncations and purges must be on disk before they are
+        // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
+        // heartbeats) costs nothing: every earlier write is already durable.
+        let result = if !rare && appended == 0 {
+            Ok(())
+        } else if rare || payload_bytes >= CHECKPOINT_BYTES {
+            // Votes, truncations and purges change what the journal's records would be
+            // replayed onto, so they go to redb with everything unsaved before them; so do
+            // entries big enough that a journal write saves nothing.
+            self.checkpoint(&batch, max_seq)
+        } else {
+            self.journal(&batch, max_seq)
+        };
+        if result.is_ok() && appended > 0 {
+            self.observer.committed(appended, started.elapsed());
+        }
         for op in batch {
             let res = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match op {
-                WriteOp::Append { seq, done, .. } => {
-                    max_seq = Some(seq);
-                    done.io_completed(res);
-                }
+                WriteOp::Append { done, .. } => done.io_completed(res),
                 WriteOp::Vote(vote, done) => {
                     if res.is_ok() {
-                        *shared.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+                        *self.shared.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
                     }
                     let _ = done.send(res);
                 }
@@ -304,62 +432,90 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<WriteOp>, observer: Arc<d
                 WriteOp::Committed(_) => {}
             }
         }
-        if let (Ok(()), Some(max_seq)) = (&result, max_seq) {
-            shared.cache().evict_durable(max_seq);
+    }
+
+    /// Writes the entries appended in `batch` to the journal, one fsync for all.
+    fn journal(&mut self, batch: &[WriteOp], max_seq: Option<u64>) -> io::Result<()> {
+        let mut encoded = Vec::new();
+        for op in batch {
+            if let WriteOp::Append { entries, .. } = op {
+                for entry in entries {
+                    encoded.push((entry.log_id.index, encode(entry)?));
+                }
+            }
+        }
+        let payloads: Vec<&[u8]> = encoded.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+        self.journal.append(&payloads)?;
+        self.unsaved_bytes += payloads.iter().map(|p| p.len()).sum::<usize>();
+        self.unsaved.extend(encoded);
+        self.unsaved_seq = max_seq.or(self.unsaved_seq);
+        self.unsaved_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Writes everything unsaved, then `batch`, in one durable redb commit under the next
+    /// generation, and restarts the journal; evicts what is now in redb from the tail cache.
+    fn checkpoint(&mut self, batch: &[WriteOp], max_seq: Option<u64>) -> io::Result<()> {
+        let started = Instant::now();
+        let generation = self.generation.wrapping_add(1);
+        let txn = match self.next.take() {
+            Some(txn) => txn,
+            None => self.shared.db.begin_write().map_err(io_err)?,
+        };
+        save(txn, &self.unsaved, batch, self.committed, generation)?;
+        if !self.unsaved.is_empty() {
+            self.observer.checkpointed(self.unsaved.len(), started.elapsed());
+        }
+        self.generation = generation;
+        self.journal.restart(generation);
+        self.committed = None;
+        self.unsaved.clear();
+        self.unsaved_bytes = 0;
+        self.unsaved_since = None;
+        if let Some(seq) = max_seq.or(self.unsaved_seq.take()) {
+            self.shared.cache().evict_saved(seq);
+        }
+        self.unsaved_seq = None;
+        Ok(())
+    }
+
+    /// A checkpoint of what is unsaved alone: on failure the entries stay in the journal, so
+    /// nothing is lost, and the next checkpoint tries again.
+    fn checkpoint_quietly(&mut self) {
+        if self.unsaved.is_empty() && self.committed.is_none() {
+            self.unsaved_since = None;
+            return;
+        }
+        if let Err(e) = self.checkpoint(&[], None) {
+            tracing::error!(error = %e, "cannot checkpoint the raft log journal into redb; retrying");
+            self.unsaved_since = Some(Instant::now());
         }
     }
 }
 
-/// How often, at most, the committed id is written (unless a vote, truncation or purge is).
-const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The committed id waiting to be written, and when it last was.
-#[derive(Default)]
-struct Pending {
-    value: Option<Option<LogId>>,
-    written: Option<std::time::Instant>,
-}
-
-impl Pending {
-    /// The committed id to write along with a batch, if it is time to.
-    fn due(&self, rare_write: bool) -> Option<Option<LogId>> {
-        let stale = self.written.is_none_or(|t| t.elapsed() >= COMMITTED_EVERY);
-        self.value.filter(|_| rare_write || stale)
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(p) => p.size(),
+        _ => 0,
     }
 }
 
-/// Writes `batch` in one transaction (the pre-opened `next`, if any) and fsyncs it, with the
-/// pending committed id when it is due.
-fn write_batch(
-    db: &Database,
-    next: &mut Option<WriteTransaction>,
+/// Writes `unsaved` entries, then `batch`'s operations in order, the committed id and the
+/// journal generation in `txn`, and commits it durably.
+fn save(
+    mut txn: WriteTransaction,
+    unsaved: &[(u64, Vec<u8>)],
     batch: &[WriteOp],
-    committed: &mut Pending,
+    committed: Option<Option<LogId>>,
+    generation: u64,
 ) -> io::Result<()> {
-    // Only entries, votes, truncations and purges must be on disk before they are
-    // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
-    // heartbeats) costs nothing: every earlier batch is already durable, since the writer
-    // commits batches one after another.
-    let must_sync = batch.iter().any(|op| match op {
-        WriteOp::Append { entries, .. } => !entries.is_empty(),
-        WriteOp::Committed(_) => false,
-        WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..) => true,
-    });
-    if !must_sync {
-        return Ok(());
-    }
-    let rare_write = batch
-        .iter()
-        .any(|op| matches!(op, WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..)));
-    let write_committed = committed.due(rare_write);
-    let mut txn = match next.take() {
-        Some(txn) => txn,
-        None => db.begin_write().map_err(io_err)?,
-    };
     txn.set_durability(Durability::Immediate).map_err(io_err)?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
+        for (index, bytes) in unsaved {
+            log.insert(*index, bytes.as_slice()).map_err(io_err)?;
+        }
         for op in batch {
             match op {
                 WriteOp::Append { entries, .. } => {
@@ -383,16 +539,13 @@ fn write_batch(
                 }
             }
         }
-        if let Some(c) = write_committed {
+        if let Some(c) = committed {
             meta.insert(KEY_COMMITTED, encode(&c)?.as_slice()).map_err(io_err)?;
         }
+        meta.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())
+            .map_err(io_err)?;
     }
-    txn.commit().map_err(io_err)?;
-    if write_committed.is_some() {
-        committed.value = None;
-        committed.written = Some(std::time::Instant::now());
-    }
-    Ok(())
+    txn.commit().map_err(io_err)
 }
 
 fn range_start(range: &impl RangeBounds<u64>) -> u64 {
@@ -518,7 +671,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not waited for, and written with the next durable batch (see `writer_loop`).
+        // Not waited for, and written with the next checkpoint (see `Writer`).
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
         self.send(WriteOp::Committed(committed))
     }
@@ -582,6 +735,8 @@ mod tests {
     use super::*;
     use crate::types::{Command, Proposal};
     use bytes::Bytes;
+    use openraft::storage::IOFlushed;
+    use openraft::type_config::TypeConfigExt;
     use openraft::vote::leader_id_adv::LeaderId;
     use openraft::vote::RaftLeaderId;
 
@@ -597,20 +752,117 @@ mod tests {
         }
     }
 
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// Drops `store` as a crash would leave it: its writer ends without a checkpoint. Waits
+    /// until the writer has let go of the database.
+    fn crash(store: LogStore, path: &Path) {
+        drop(store);
+        for _ in 0..500 {
+            match Database::open(path) {
+                Ok(_) => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        panic!("the log writer never let go of the database");
+    }
+
+    fn in_redb(path: &Path) -> Vec<u64> {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let log = txn.open_table(LOG).unwrap();
+        log.iter().unwrap().map(|item| item.unwrap().0.value()).collect()
+    }
+
+    fn logged(term: u64, index: u64) -> Entry {
+        let mut e = entry(index, 100);
+        e.log_id = LogId::new(LeaderId::new(term, 1), index);
+        e
+    }
+
+    #[tokio::test]
+    async fn acknowledged_entries_survive_a_crash_before_their_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log.redb");
+        let mut store = LogStore::open(&path).unwrap();
+        for i in 1..=5 {
+            append(&mut store, vec![logged(1, i)]).await;
+        }
+        crash(store, &path);
+        assert!(
+            in_redb(&path).is_empty(),
+            "acknowledged from the journal, not yet checkpointed"
+        );
+
+        let mut store = LogStore::open(&path).unwrap();
+        let back = store.try_get_log_entries(1..=5).await.unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            (1..=5).map(|i| logged(1, i).log_id).collect::<Vec<_>>()
+        );
+
+        // A truncation goes to redb with everything journaled before it; what follows it is
+        // journaled again, and a second crash keeps exactly the log openraft was told of.
+        append(&mut store, vec![logged(1, 6), logged(1, 7)]).await;
+        store.truncate_after(Some(logged(1, 5).log_id)).await.unwrap();
+        append(&mut store, vec![logged(2, 6)]).await;
+        crash(store, &path);
+        assert_eq!(
+            in_redb(&path),
+            (1..=5).collect::<Vec<_>>(),
+            "checkpointed with the truncation"
+        );
+        let mut store = LogStore::open(&path).unwrap();
+        let back = store.try_get_log_entries(1..).await.unwrap();
+        let mut want: Vec<LogId> = (1..=5).map(|i| logged(1, i).log_id).collect();
+        want.push(logged(2, 6).log_id);
+        assert_eq!(back.iter().map(|e| e.log_id).collect::<Vec<_>>(), want);
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(logged(2, 6).log_id)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_database_ignores_a_journal_it_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log.redb");
+        let mut store = LogStore::open(&path).unwrap();
+        for i in 1..=3 {
+            append(&mut store, vec![logged(1, i)]).await;
+        }
+        crash(store, &path);
+        std::fs::remove_file(&path).unwrap(); // the database goes, its journal stays
+        let mut store = LogStore::open(&path).unwrap();
+        assert!(store.try_get_log_entries(1..).await.unwrap().is_empty());
+        append(&mut store, vec![logged(5, 1)]).await;
+        crash(store, &path);
+        let mut store = LogStore::open(&path).unwrap();
+        let back = store.try_get_log_entries(1..).await.unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            vec![logged(5, 1).log_id]
+        );
+    }
+
     #[test]
-    fn the_tail_cache_keeps_its_bytes_bounded_but_never_evicts_what_is_not_durable() {
+    fn the_tail_cache_keeps_its_bytes_bounded_but_never_evicts_what_is_not_in_redb() {
         let mut cache = TailCache::default();
         let big = 1 << 20; // 1 MiB entries: 64 of them are twice the byte bound
         for i in 0..64 {
             cache.insert(i, entry(i, big));
         }
-        cache.evict_durable(9);
+        cache.evict_saved(9);
         assert_eq!(
             cache.entries.first_key_value().map(|(k, _)| *k),
             Some(10),
-            "only durable entries go"
+            "only entries in redb go"
         );
-        cache.evict_durable(63);
+        cache.evict_saved(63);
         assert!(cache.bytes <= CACHE_KEEP_BYTES, "{} bytes kept", cache.bytes);
         assert!(cache.bytes > CACHE_KEEP_BYTES - 2 * big, "evicts no more than it must");
         assert_eq!(cache.bytes, cache.entries.len() * (big + 1));

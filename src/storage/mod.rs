@@ -4,11 +4,13 @@
 //! ```text
 //! <data-dir>/node-id          this node's id (see crate::identity)
 //! <data-dir>/raft-log.redb    log entries, vote, committed id, last purged id
+//! <data-dir>/raft-log.journal log entries appended since the last checkpoint into redb
 //! <data-dir>/state.redb       key space, last applied id, last membership
 //! <data-dir>/snapshots/       the current snapshot file
 //! ```
 
 pub mod codec;
+pub mod journal;
 pub mod log_store;
 pub mod overlay;
 pub mod restore;

@@ -700,7 +700,7 @@ async fn prometheus_step(bed: &Bed) {
         "Members",
         "Requests per second",
         "Commit vs applied index",
-        "Log fsync latency (group commit)",
+        "Log fsync latency (journal group commit; checkpoint into redb)",
         "Replication lag per follower (entries)",
         "Write latency (PUT)",
         "Resident memory",
