@@ -434,7 +434,7 @@ impl CommitObserver for Metrics {
         self.log_append_batch.observe(entries as f64);
     }
 
-    fn checkpointed(&self, _entries: usize, elapsed: Duration) {
+    fn checkpointed(&self, elapsed: Duration) {
         self.log_checkpoint_duration.observe(elapsed.as_secs_f64());
     }
 }

@@ -37,6 +37,8 @@ pub struct Journal {
     generation: u64,
     /// Where the next record goes.
     end: u64,
+    /// The records of one append, kept between appends so that each does not allocate.
+    buf: Vec<u8>,
 }
 
 impl Journal {
@@ -57,6 +59,7 @@ impl Journal {
             file,
             generation,
             end: 0,
+            buf: Vec::new(),
         })
     }
 
@@ -81,23 +84,20 @@ impl Journal {
     /// durable.
     pub fn append(&mut self, payloads: &[&[u8]]) -> io::Result<()> {
         let size: usize = payloads.iter().map(|p| HEADER + p.len()).sum();
-        let mut buf = Vec::with_capacity(size);
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.reserve(size);
         for payload in payloads {
             let len = u32::try_from(payload.len())
                 .ok()
                 .filter(|&l| l as usize <= MAX_PAYLOAD)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"))?;
-            let generation = self.generation.to_le_bytes();
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&generation);
-            crc.update(&len.to_le_bytes());
-            crc.update(payload);
             buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc.finalize().to_le_bytes());
-            buf.extend_from_slice(&generation);
+            buf.extend_from_slice(&checksum(self.generation, len, payload).to_le_bytes());
+            buf.extend_from_slice(&self.generation.to_le_bytes());
             buf.extend_from_slice(payload);
         }
-        self.file.write_all_at(&buf, self.end)?;
+        self.file.write_all_at(buf, self.end)?;
         self.file.sync_data()?;
         self.end += size as u64;
         Ok(())
@@ -125,16 +125,21 @@ fn record_at(bytes: &[u8], at: usize, generation: u64) -> Option<(&[u8], usize)>
     let header = bytes.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    let gen_bytes: [u8; 8] = header[8..16].try_into().ok()?;
-    if u64::from_le_bytes(gen_bytes) != generation || len as usize > MAX_PAYLOAD {
+    let found = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    if found != generation || len as usize > MAX_PAYLOAD {
         return None;
     }
     let payload = bytes.get(at + HEADER..at + HEADER + len as usize)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&gen_bytes);
-    hasher.update(&len.to_le_bytes());
-    hasher.update(payload);
-    (hasher.finalize() == crc).then_some((payload, at + HEADER + len as usize))
+    (checksum(generation, len, payload) == crc).then_some((payload, at + HEADER + len as usize))
+}
+
+/// A record's crc32: of its generation, length and payload.
+fn checksum(generation: u64, len: u32, payload: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&generation.to_le_bytes());
+    crc.update(&len.to_le_bytes());
+    crc.update(payload);
+    crc.finalize()
 }
 
 #[cfg(test)]
@@ -145,6 +150,14 @@ mod tests {
         (0..n).map(|i| vec![tag; 10 + i * 7]).collect()
     }
 
+    /// A new journal of `generation` in a directory of its own (kept while the test runs).
+    fn fresh(generation: u64) -> (tempfile::TempDir, std::path::PathBuf, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let j = Journal::open(&path, generation).unwrap();
+        (dir, path, j)
+    }
+
     fn append(j: &mut Journal, payloads: &[Vec<u8>]) {
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         j.append(&refs).unwrap();
@@ -152,9 +165,7 @@ mod tests {
 
     #[test]
     fn records_of_the_generation_come_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let mut j = Journal::open(&path, 7).unwrap();
+        let (dir, path, mut j) = fresh(7);
         append(&mut j, &payloads(3, 1));
         append(&mut j, &payloads(2, 2));
         let mut want = payloads(3, 1);
@@ -169,9 +180,7 @@ mod tests {
 
     #[test]
     fn a_restart_hides_the_older_records_behind_the_newer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let mut j = Journal::open(&path, 1).unwrap();
+        let (_dir, path, mut j) = fresh(1);
         append(&mut j, &payloads(20, 1));
         j.restart(2);
         assert!(j.is_empty());
@@ -183,9 +192,7 @@ mod tests {
 
     #[test]
     fn recovery_stops_at_a_torn_or_corrupt_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let mut j = Journal::open(&path, 3).unwrap();
+        let (_dir, path, mut j) = fresh(3);
         append(&mut j, &payloads(4, 5));
         let full = std::fs::read(&path).unwrap();
         let sizes: Vec<usize> = payloads(4, 5).iter().map(|p| HEADER + p.len()).collect();

@@ -53,8 +53,8 @@ const CACHE_BYTES: usize = 32 << 20;
 /// Observes each group commit; the metrics layer plugs in here.
 pub trait CommitObserver: Send + Sync + 'static {
     fn committed(&self, entries: usize, elapsed: std::time::Duration);
-    /// A checkpoint wrote `entries` journaled entries into redb.
-    fn checkpointed(&self, _entries: usize, _elapsed: std::time::Duration) {}
+    /// A checkpoint wrote journaled entries into redb.
+    fn checkpointed(&self, _elapsed: std::time::Duration) {}
 }
 
 struct NoObserver;
@@ -378,25 +378,19 @@ impl Writer {
 
     /// Makes `batch` durable and acknowledges every operation in it.
     fn write(&mut self, batch: Vec<WriteOp>) {
-        for op in &batch {
-            if let WriteOp::Committed(c) = op {
-                self.committed = Some(*c);
-            }
-        }
         let started = Instant::now();
-        let mut appended = 0;
-        let mut payload_bytes = 0;
-        let mut max_seq = None;
+        let (mut appended, mut payload_bytes, mut max_seq, mut rare) = (0, 0, None, false);
         for op in &batch {
-            if let WriteOp::Append { seq, entries, .. } = op {
-                appended += entries.len();
-                payload_bytes += entries.iter().map(entry_size).sum::<usize>();
-                max_seq = Some(*seq);
+            match op {
+                WriteOp::Append { seq, entries, .. } => {
+                    appended += entries.len();
+                    payload_bytes += entries.iter().map(entry_size).sum::<usize>();
+                    max_seq = Some(*seq);
+                }
+                WriteOp::Committed(c) => self.committed = Some(*c),
+                WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..) => rare = true,
             }
         }
-        let rare = batch
-            .iter()
-            .any(|op| matches!(op, WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..)));
         // Only entries, votes, truncations and purges must be on disk before they are
         // acknowledged. A batch of nothing else (openraft flushes empty appends, e.g. for
         // heartbeats) costs nothing: every earlier write is already durable.
@@ -464,7 +458,7 @@ impl Writer {
         };
         save(txn, &self.unsaved, batch, self.committed, generation)?;
         if !self.unsaved.is_empty() {
-            self.observer.checkpointed(self.unsaved.len(), started.elapsed());
+            self.observer.checkpointed(started.elapsed());
         }
         self.generation = generation;
         self.journal.restart(generation);
@@ -784,15 +778,26 @@ mod tests {
         e
     }
 
-    #[tokio::test]
-    async fn acknowledged_entries_survive_a_crash_before_their_checkpoint() {
+    fn ids(entries: &[Entry]) -> Vec<LogId> {
+        entries.iter().map(|e| e.log_id).collect()
+    }
+
+    /// A log at `path` whose entries 1..=n (term 1) were acknowledged from the journal, left
+    /// as a crash before their checkpoint leaves it.
+    async fn crashed_after(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log.redb");
         let mut store = LogStore::open(&path).unwrap();
-        for i in 1..=5 {
+        for i in 1..=n {
             append(&mut store, vec![logged(1, i)]).await;
         }
         crash(store, &path);
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn acknowledged_entries_survive_a_crash_before_their_checkpoint() {
+        let (_dir, path) = crashed_after(5).await;
         assert!(
             in_redb(&path).is_empty(),
             "acknowledged from the journal, not yet checkpointed"
@@ -800,10 +805,7 @@ mod tests {
 
         let mut store = LogStore::open(&path).unwrap();
         let back = store.try_get_log_entries(1..=5).await.unwrap();
-        assert_eq!(
-            back.iter().map(|e| e.log_id).collect::<Vec<_>>(),
-            (1..=5).map(|i| logged(1, i).log_id).collect::<Vec<_>>()
-        );
+        assert_eq!(ids(&back), (1..=5).map(|i| logged(1, i).log_id).collect::<Vec<_>>());
 
         // A truncation goes to redb with everything journaled before it; what follows it is
         // journaled again, and a second crash keeps exactly the log openraft was told of.
@@ -820,7 +822,7 @@ mod tests {
         let back = store.try_get_log_entries(1..).await.unwrap();
         let mut want: Vec<LogId> = (1..=5).map(|i| logged(1, i).log_id).collect();
         want.push(logged(2, 6).log_id);
-        assert_eq!(back.iter().map(|e| e.log_id).collect::<Vec<_>>(), want);
+        assert_eq!(ids(&back), want);
         assert_eq!(
             store.get_log_state().await.unwrap().last_log_id,
             Some(logged(2, 6).log_id)
@@ -829,13 +831,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_database_ignores_a_journal_it_did_not_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-log.redb");
-        let mut store = LogStore::open(&path).unwrap();
-        for i in 1..=3 {
-            append(&mut store, vec![logged(1, i)]).await;
-        }
-        crash(store, &path);
+        let (_dir, path) = crashed_after(3).await;
         std::fs::remove_file(&path).unwrap(); // the database goes, its journal stays
         let mut store = LogStore::open(&path).unwrap();
         assert!(store.try_get_log_entries(1..).await.unwrap().is_empty());
@@ -843,10 +839,7 @@ mod tests {
         crash(store, &path);
         let mut store = LogStore::open(&path).unwrap();
         let back = store.try_get_log_entries(1..).await.unwrap();
-        assert_eq!(
-            back.iter().map(|e| e.log_id).collect::<Vec<_>>(),
-            vec![logged(5, 1).log_id]
-        );
+        assert_eq!(ids(&back), vec![logged(5, 1).log_id]);
     }
 
     #[test]
