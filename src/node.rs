@@ -146,6 +146,7 @@ impl Node {
             sm.clone(),
             proposer.clone(),
             reads.clone(),
+            network.follower_reads(),
         ))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::calls::{CallError, PeerCalls};
+use super::coalesce::{fold_commit_updates, FollowerReads, Ledger};
 use super::ClusterFence;
 use crate::api::vouch::{Stamp, Vouch};
 use crate::metrics::Metrics;
@@ -57,6 +57,7 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     calls: Arc<Mutex<HashMap<String, PeerCalls>>>,
     connect_timeout: Duration,
+    follower_reads: FollowerReads,
 }
 
 impl Network {
@@ -67,7 +68,13 @@ impl Network {
             channels: Arc::default(),
             calls: Arc::default(),
             connect_timeout: Duration::from_secs(2),
+            follower_reads: FollowerReads::default(),
         }
+    }
+
+    /// Where the service that answers followers' read-index calls records them.
+    pub fn follower_reads(&self) -> FollowerReads {
+        self.follower_reads.clone()
     }
 
     /// Reports every Raft RPC to `metrics`.
@@ -387,24 +394,18 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let mut client = self.client()?;
             let cluster_id = self.fence.outgoing();
             let target = self.target;
-            // Requests sent and not yet answered: a response is overdue only while some are.
-            // Their send times, in order, give each response's round-trip time.
-            let outstanding = Arc::new(AtomicI64::new(0));
-            let sent_at: Arc<Mutex<VecDeque<std::time::Instant>>> = Arc::default();
-            let sent = outstanding.clone();
-            let sent_times = sent_at.clone();
-            let requests = input.filter_map(move |req| {
+            // What became of each request, in order: sent (and when), or folded into the next
+            // and answered here (`coalesce`).
+            let ledger = Arc::new(Ledger::default());
+            let sent = ledger.clone();
+            let reads = self.network.follower_reads.clone();
+            let requests = fold_commit_updates(input, ledger.clone(), move || reads.hold()).filter_map(move |req| {
                 let cluster_id = cluster_id.clone();
                 let sent = sent.clone();
-                let sent_times = sent_times.clone();
                 async move {
                     match encode(&req) {
                         Ok(payload) => {
-                            sent.fetch_add(1, Ordering::SeqCst);
-                            sent_times
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push_back(std::time::Instant::now());
+                            sent.sent();
                             Some(RaftMessage {
                                 cluster_id,
                                 payload: Bytes::from(payload),
@@ -428,16 +429,24 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             // A peer that stops answering must not hold the stream open forever: while requests
             // are outstanding, each response must arrive within the soft TTL.
             let metrics = self.metrics.clone();
-            let out = futures::stream::unfold(Some(responses), move |state| {
-                let outstanding = outstanding.clone();
-                let sent_at = sent_at.clone();
+            type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+            let ready: VecDeque<Answer> = VecDeque::new();
+            let out = futures::stream::unfold(Some((responses, ready)), move |state| {
+                let ledger = ledger.clone();
                 let metrics = metrics.clone();
                 async move {
-                    let mut responses = state?;
+                    let (mut responses, mut ready) = state?;
+                    if let Some(answer) = ready.pop_front() {
+                        let go_on = answer.is_ok();
+                        return Some((answer, go_on.then_some((responses, ready))));
+                    }
+                    if let Some(matched) = ledger.next_answered() {
+                        return Some((Ok(Ok(matched)), Some((responses, ready))));
+                    }
                     let next = loop {
                         match tokio::time::timeout(ttl, responses.next()).await {
                             Ok(next) => break next,
-                            Err(_) if outstanding.load(Ordering::SeqCst) <= 0 => continue,
+                            Err(_) if !ledger.awaiting() => continue,
                             Err(_) => {
                                 let err = RPCError::Timeout(timeout(RPCTypes::AppendEntries, target, ttl));
                                 return Some((Err(err), None));
@@ -445,22 +454,25 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                         }
                     };
                     if next.is_some() {
-                        outstanding.fetch_sub(1, Ordering::SeqCst);
-                        let started = sent_at.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                        // Answers given here to requests before this one go first.
+                        let (before, started) = ledger.follower_answered();
+                        ready.extend(before.into_iter().map(|m| Ok(Ok(m))));
                         if let Some(m) = &metrics {
                             let ok = matches!(next, Some(Ok(_)));
                             let rtt = started.filter(|_| ok).map(|t| t.elapsed());
                             m.rpc(target, "append_entries_stream", if ok { "ok" } else { "error" }, rtt);
                         }
                     }
-                    match next {
-                        None => None,
-                        Some(Err(status)) => Some((Err(status_err(status)), None)),
-                        Some(Ok(msg)) => match decode::<StreamAppendResult<TypeConfig>>(&msg.payload) {
-                            Ok(r) => Some((Ok(r), Some(responses))),
-                            Err(e) => Some((Err(RPCError::Network(network_err(e))), None)),
-                        },
-                    }
+                    let answer = match next {
+                        None => return None,
+                        Some(Err(status)) => Err(status_err(status)),
+                        Some(Ok(msg)) => decode::<StreamAppendResult<TypeConfig>>(&msg.payload)
+                            .map_err(|e| RPCError::Network(network_err(e))),
+                    };
+                    ready.push_back(answer);
+                    let answer = ready.pop_front()?;
+                    let go_on = answer.is_ok();
+                    Some((answer, go_on.then_some((responses, ready))))
                 }
             });
             Ok(Box::pin(out) as BoxStream<'s, _>)

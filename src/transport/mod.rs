@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod client;
+pub mod coalesce;
 pub mod server;
 
 use std::sync::{Arc, RwLock};

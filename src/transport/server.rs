@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::coalesce::FollowerReads;
 use super::ClusterFence;
 use crate::api::propose::{ProposeError, Proposer};
 use crate::api::read_index::{NoReadIndex, ReadIndexer};
@@ -37,6 +38,8 @@ pub struct RaftService {
     proposer: Proposer,
     /// Followers' read index requests join this node's confirmations.
     reads: ReadIndexer,
+    /// Told of each: commit updates then reach followers at once (see `coalesce`).
+    follower_reads: FollowerReads,
 }
 
 /// Refuses a message meant for another node id (see `RaftMessage.target` in raft.proto).
@@ -57,6 +60,7 @@ impl RaftService {
         sm: StateMachine,
         proposer: Proposer,
         reads: ReadIndexer,
+        follower_reads: FollowerReads,
     ) -> Self {
         RaftService {
             id,
@@ -65,6 +69,7 @@ impl RaftService {
             sm,
             proposer,
             reads,
+            follower_reads,
         }
     }
 
@@ -111,6 +116,7 @@ impl RaftService {
     async fn read_index(&self, r: &ReadIndexRequest) -> Result<ReadIndexResponse, Status> {
         check_target(self.id, r.target)?;
         self.fence.check(&r.cluster_id)?;
+        self.follower_reads.asked();
         match self
             .reads
             .read_index_here(r.lease, r.vouch.as_ref().map(Vouch::from))
