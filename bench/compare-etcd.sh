@@ -149,8 +149,8 @@ for label, t in by.items():
 ceil_note = ""
 stale = by.get("stale read c=64", {}).get("raftkv")
 if stale and ceiling:
-    share = [stale[k]["throughput"] / by[ceiling_label]["raftkv"][k]["throughput"] for k in sorted(stale) if k in by[ceiling_label]["raftkv"]]
-    ceil_note = (f'Stale reads at c=64: {med(r["throughput"] for r in stale.values()):.0f} ops/s = '
+    share = ratios(stale, by[ceiling_label]["raftkv"])
+    ceil_note = (f'Stale reads at c=64: {summary(stale)["throughput"]:.0f} ops/s = '
                  f'{100 * med(share):.0f}% (rounds: {", ".join(f"{100 * x:.0f}%" for x in share)}) '
                  f'of a do-nothing axum server ({ceiling["throughput"]:.0f} ops/s).')
 md = ["# raftkv vs etcd", "",

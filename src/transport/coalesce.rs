@@ -22,7 +22,7 @@
 //! openraft ends the stream there and never reads the answers after it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ type Request = AppendEntriesRequest<TypeConfig>;
 
 /// What became of each request openraft gave, in order: its answers must come back in it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Slot {
+enum Slot {
     /// Sent to the follower at this instant; its answer comes from the follower.
     Sent(Instant),
     /// Folded into the next request; answered here with this matched log id.
@@ -87,14 +87,11 @@ pub enum Slot {
 #[derive(Default)]
 pub struct Ledger {
     slots: Mutex<VecDeque<Slot>>,
-    /// Requests sent and not yet answered by the follower.
-    outstanding: AtomicI64,
 }
 
 impl Ledger {
     /// Records a request that is about to be sent.
     pub fn sent(&self) {
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
         self.slots().push_back(Slot::Sent(Instant::now()));
     }
 
@@ -104,19 +101,17 @@ impl Ledger {
 
     /// Whether the follower owes answers (a response is overdue only then).
     pub fn awaiting(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) > 0
+        self.slots().iter().any(|s| matches!(s, Slot::Sent(_)))
     }
 
     /// The answer given here for the next request, if that request was folded.
     pub fn next_answered(&self) -> Option<Option<LogId>> {
         let mut slots = self.slots();
-        match slots.front() {
-            Some(Slot::Answered(_)) => match slots.pop_front() {
-                Some(Slot::Answered(m)) => Some(m),
-                _ => None,
-            },
-            _ => None,
-        }
+        let Some(&Slot::Answered(matched)) = slots.front() else {
+            return None;
+        };
+        slots.pop_front();
+        Some(matched)
     }
 
     /// Takes the slots up to and including the oldest sent request, whose answer the follower
@@ -128,10 +123,7 @@ impl Ledger {
         while let Some(slot) = slots.pop_front() {
             match slot {
                 Slot::Answered(m) => before.push(m),
-                Slot::Sent(at) => {
-                    self.outstanding.fetch_sub(1, Ordering::SeqCst);
-                    return (before, Some(at));
-                }
+                Slot::Sent(at) => return (before, Some(at)),
             }
         }
         (before, None)
