@@ -12,7 +12,9 @@
 //! Vote, truncate and purge are rare: they go through the same queue (the writer keeps every
 //! write in order, as openraft requires), straight into redb together with everything not yet
 //! checkpointed, and their callers wait until they are durable. The committed id, saved on
-//! every commit, rides along with the next checkpoint.
+//! every commit, is only noted in memory (waking the writer for it cost a thread switch per
+//! commit on every node); the writer picks it up with its next batch and it rides along with
+//! the next checkpoint.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -140,7 +142,6 @@ enum WriteOp {
         done: IOFlushed<TypeConfig>,
     },
     Vote(Vote, oneshot::Sender<io::Result<()>>),
-    Committed(Option<LogId>),
     TruncateAfter(Option<u64>, oneshot::Sender<io::Result<()>>),
     Purge(LogId, oneshot::Sender<io::Result<()>>),
 }
@@ -206,6 +207,7 @@ impl LogStore {
             unsaved_seq: None,
             unsaved_since: None,
             committed: None,
+            committed_written: None,
             next: None,
             observer,
         };
@@ -255,7 +257,7 @@ impl LogStore {
     pub async fn seed_restored(&self, last: LogId, vote: Vote) -> io::Result<()> {
         self.send_and_wait(|done| WriteOp::Purge(last, done)).await?;
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
-        self.send(WriteOp::Committed(Some(last)))?;
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Some(last));
         self.send_and_wait(|done| WriteOp::Vote(vote, done)).await
     }
 }
@@ -335,6 +337,8 @@ struct Writer {
     /// committed id that is a little stale after a crash only means re-applying fewer entries
     /// at start-up (openraft learns the rest from the leader).
     committed: Option<Option<LogId>>,
+    /// The committed id the last checkpoint wrote.
+    committed_written: Option<Option<LogId>>,
     /// The next transaction, opened while the writer waits: off the path of the next write.
     next: Option<WriteTransaction>,
     observer: Arc<dyn CommitObserver>,
@@ -348,26 +352,31 @@ impl Writer {
             }
             let first = match self.unsaved_since {
                 Some(since) => match rx.recv_timeout(CHECKPOINT_EVERY.saturating_sub(since.elapsed())) {
-                    Ok(op) => op,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.checkpoint_quietly();
-                        continue;
-                    }
+                    Ok(op) => Some(op),
+                    // Time to checkpoint (below).
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
                 None => match rx.recv() {
-                    Ok(op) => op,
+                    Ok(op) => Some(op),
                     Err(_) => return,
                 },
             };
-            let mut batch = vec![first];
-            while let Ok(op) = rx.try_recv() {
-                batch.push(op);
-                if batch.len() >= 4096 {
-                    break;
+            // Read before draining the queue: the entries up to the committed id were queued
+            // before it was noted (openraft appends before it commits), so they are all in
+            // this batch or an earlier one, and no checkpoint writes a committed id ahead of
+            // the entries it covers.
+            self.note_committed();
+            let mut batch: Vec<WriteOp> = first.into_iter().collect();
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
                 }
             }
-            self.write(batch);
+            if !batch.is_empty() {
+                self.write(batch);
+            }
             let due = self.unsaved_bytes >= CHECKPOINT_BYTES
                 || self.unsaved_since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY);
             if due {
@@ -387,7 +396,6 @@ impl Writer {
                     payload_bytes += entries.iter().map(entry_size).sum::<usize>();
                     max_seq = Some(*seq);
                 }
-                WriteOp::Committed(c) => self.committed = Some(*c),
                 WriteOp::Vote(..) | WriteOp::TruncateAfter(..) | WriteOp::Purge(..) => rare = true,
             }
         }
@@ -423,8 +431,15 @@ impl Writer {
                 WriteOp::TruncateAfter(_, done) | WriteOp::Purge(_, done) => {
                     let _ = done.send(res);
                 }
-                WriteOp::Committed(_) => {}
             }
+        }
+    }
+
+    /// Takes the committed id that openraft last saved, if no checkpoint has written it yet.
+    fn note_committed(&mut self) {
+        let saved = *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if saved.is_some() && saved != self.committed_written {
+            self.committed = saved;
         }
     }
 
@@ -462,7 +477,9 @@ impl Writer {
         }
         self.generation = generation;
         self.journal.restart(generation);
-        self.committed = None;
+        if let Some(c) = self.committed.take() {
+            self.committed_written = Some(c);
+        }
         self.unsaved.clear();
         self.unsaved_bytes = 0;
         self.unsaved_since = None;
@@ -521,7 +538,6 @@ fn save(
                 WriteOp::Vote(vote, _) => {
                     meta.insert(KEY_VOTE, encode(vote)?.as_slice()).map_err(io_err)?;
                 }
-                WriteOp::Committed(_) => {}
                 WriteOp::TruncateAfter(after, _) => {
                     let from = after.map_or(0, |i| i + 1);
                     log.retain_in(from.., |_, _| false).map_err(io_err)?;
@@ -667,7 +683,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not waited for, and written with the next checkpoint (see `Writer`).
         *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
-        self.send(WriteOp::Committed(committed))
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

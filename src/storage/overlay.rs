@@ -5,11 +5,21 @@
 //! therefore only ever moves down, from the active layer to the flushed one to redb, and a
 //! read that looks top-down (active, flushing, redb) never misses a change that was applied
 //! before it began.
+//!
+//! A layer is a hash map, not a tree: applying a write is one hash and (mostly) one key
+//! comparison, where a B-tree of up to a flush's 131,072 keys compared it dozens of times
+//! across cache-cold nodes (measured: the tree's inserts took a tenth of a follower's
+//! processor time under a write load; the map serves about 8% more writes a second at 256
+//! connections). Key order is
+//! needed only by listings and by the flush into redb. The flush sorts the layer once; a
+//! layer keeps an ordered index of its keys from its first listing on, so that listings cost
+//! what they did in a tree while writes without listings pay nothing for order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::iter::Peekable;
 use std::ops::Bound;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -22,23 +32,45 @@ pub enum Change {
     Delete,
 }
 
-/// One layer of changes, in key order.
+/// One layer of changes.
 #[derive(Debug, Default)]
 pub struct Layer {
-    changes: BTreeMap<Bytes, Change>,
+    changes: HashMap<Bytes, Change>,
     /// Keys and values held, roughly: what bounds the layer's memory.
     bytes: usize,
+    /// The keys in order, once a listing has asked for them (`None` before).
+    order: Mutex<Option<Order>>,
+}
+
+/// A layer's keys in order: those sorted, and those added since the last listing.
+#[derive(Debug, Default)]
+struct Order {
+    sorted: BTreeSet<Bytes>,
+    added: Vec<Bytes>,
 }
 
 impl Layer {
     pub fn put(&mut self, key: Bytes, revision: u64, value: Bytes) {
         self.bytes += key.len() + value.len();
-        self.changes.insert(key, Change::Put { revision, value });
+        self.change(key, Change::Put { revision, value });
     }
 
     pub fn delete(&mut self, key: Bytes) {
         self.bytes += key.len();
-        self.changes.insert(key, Change::Delete);
+        self.change(key, Change::Delete);
+    }
+
+    fn change(&mut self, key: Bytes, change: Change) {
+        match self.order.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            None => {
+                self.changes.insert(key, change);
+            }
+            Some(order) => {
+                if self.changes.insert(key.clone(), change).is_none() {
+                    order.added.push(key);
+                }
+            }
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Change> {
@@ -57,34 +89,63 @@ impl Layer {
         self.bytes
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Change)> {
-        self.changes.iter()
+    /// The changes, in key order.
+    pub fn sorted(&self) -> Vec<(&Bytes, &Change)> {
+        let mut all: Vec<_> = self.changes.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
     }
 
     /// Puts back the changes of `older` that this layer does not override (after a flush of
     /// `older` failed).
     pub fn restore_under(&mut self, older: &Layer) {
-        for (key, change) in older.iter() {
+        for (key, change) in &older.changes {
             if !self.changes.contains_key(key) {
                 self.bytes += key.len();
                 if let Change::Put { value, .. } = change {
                     self.bytes += value.len();
                 }
-                self.changes.insert(key.clone(), change.clone());
+                self.change(key.clone(), change.clone());
             }
         }
     }
 
-    /// This layer's keys from `from` on, as merge items.
-    pub fn range_from<'a>(&'a self, from: &[u8]) -> impl Iterator<Item = io::Result<Item>> + 'a {
-        self.changes
-            .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
-            .map(|(k, c)| {
-                Ok(match c {
-                    Change::Put { revision, value } => (k.clone(), Some((*revision, value.clone()))),
-                    Change::Delete => (k.clone(), None),
-                })
-            })
+    /// This layer's keys that start with `prefix`, from `from` on, in order, as merge items:
+    /// as many as a page of `limit` keys can need. Every put here that no layer `above` deletes
+    /// is a key of the listing, so none after the `limit + 1`th of them is ever wanted.
+    pub fn range_from(
+        &self,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        above: Option<&Layer>,
+    ) -> std::vec::IntoIter<io::Result<Item>> {
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let order = order.get_or_insert_with(|| Order {
+            sorted: self.changes.keys().cloned().collect(),
+            added: Vec::new(),
+        });
+        order.sorted.extend(order.added.drain(..));
+        let mut out = Vec::new();
+        let mut live = 0;
+        for key in order.sorted.range::<[u8], _>((Bound::Included(from), Bound::Unbounded)) {
+            if !key.starts_with(prefix) || live > limit {
+                break;
+            }
+            let Some(change) = self.changes.get(key) else {
+                continue;
+            };
+            out.push(Ok(match change {
+                Change::Put { revision, value } => {
+                    if !above.is_some_and(|a| matches!(a.get(key), Some(Change::Delete))) {
+                        live += 1;
+                    }
+                    (key.clone(), Some((*revision, value.clone())))
+                }
+                Change::Delete => (key.clone(), None),
+            }));
+        }
+        out.into_iter()
     }
 }
 
@@ -209,8 +270,8 @@ mod tests {
             ("f", 7, "old"),
         ]);
         let merged = Merge::new(vec![
-            Box::new(active.range_from(b"")),
-            Box::new(flushing.range_from(b"")),
+            Box::new(active.range_from(b"", b"", 100, None)),
+            Box::new(flushing.range_from(b"", b"", 100, Some(&active))),
             disk,
         ]);
         let (items, next) = page(merged, b"", 100).unwrap();
@@ -223,10 +284,80 @@ mod tests {
         let mut active = Layer::default();
         active.delete(b("k2"));
         let disk = below(&[("k1", 1, "x"), ("k2", 2, "x"), ("k3", 3, "x"), ("k4", 4, "x")]);
-        let merged = Merge::new(vec![Box::new(active.range_from(b"")), disk]);
+        let merged = Merge::new(vec![Box::new(active.range_from(b"", b"", 100, None)), disk]);
         let (items, next) = page(merged, b"k", 1).unwrap();
         assert_eq!(keys(&items), ["k1=x@1"]);
         assert_eq!(next, Some(b("k3")), "the deleted k2 is skipped");
+    }
+
+    #[test]
+    fn a_layer_gives_its_keys_in_order_whatever_order_they_came_in() {
+        let mut layer = Layer::default();
+        let mut want = Vec::new();
+        // A permutation of 0..97 (37 is coprime with 97), so the insertion order is scrambled.
+        for i in 0..97u32 {
+            let n = (i * 37) % 97;
+            layer.put(b(&format!("k{n:03}")), u64::from(n), b("v"));
+        }
+        layer.delete(b("k050"));
+        for n in 0..97u32 {
+            want.push(format!("k{n:03}"));
+        }
+        let sorted: Vec<String> = layer
+            .sorted()
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(sorted, want);
+        let ranged: Vec<String> = layer
+            .range_from(b"k040", b"k0", 1000, None)
+            .map(|item| String::from_utf8_lossy(&item.unwrap().0).into_owned())
+            .collect();
+        assert_eq!(ranged, want[40..]);
+        let (items, _) = page(
+            Merge::new(vec![Box::new(layer.range_from(b"k048", b"k", 3, None))]),
+            b"k",
+            3,
+        )
+        .unwrap();
+        assert_eq!(keys(&items), ["k048=v@48", "k049=v@49", "k051=v@51"], "k050 is deleted");
+    }
+
+    #[test]
+    fn keys_added_after_a_listing_are_listed_in_order() {
+        let mut layer = Layer::default();
+        layer.put(b("b"), 1, b("v"));
+        layer.put(b("d"), 2, b("v"));
+        let listed = |layer: &Layer| -> Vec<String> {
+            layer
+                .range_from(b"", b"", 100, None)
+                .map(|item| String::from_utf8_lossy(&item.unwrap().0).into_owned())
+                .collect()
+        };
+        assert_eq!(listed(&layer), ["b", "d"]);
+        layer.put(b("c"), 3, b("v"));
+        layer.delete(b("a"));
+        layer.put(b("d"), 4, b("w"));
+        assert_eq!(listed(&layer), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_short_page_still_reaches_past_keys_a_newer_layer_deletes() {
+        let mut active = Layer::default();
+        let mut flushing = Layer::default();
+        for i in 1..=6 {
+            flushing.put(b(&format!("f{i}")), i, b("v"));
+        }
+        for i in 1..=3 {
+            active.delete(b(&format!("f{i}")));
+        }
+        let merged = Merge::new(vec![
+            Box::new(active.range_from(b"", b"", 2, None)),
+            Box::new(flushing.range_from(b"", b"", 2, Some(&active))),
+        ]);
+        let (items, next) = page(merged, b"", 2).unwrap();
+        assert_eq!(keys(&items), ["f4=v@4", "f5=v@5"]);
+        assert_eq!(next, Some(b("f6")));
     }
 
     #[test]
@@ -235,7 +366,7 @@ mod tests {
         active.put(b("app/z"), 5, b("v"));
         active.put(b("apq"), 6, b("v"));
         let disk = below(&[("app/a", 1, "v"), ("apz", 2, "v")]);
-        let merged = Merge::new(vec![Box::new(active.range_from(b"app/")), disk]);
+        let merged = Merge::new(vec![Box::new(active.range_from(b"app/", b"app/", 10, None)), disk]);
         let (items, next) = page(merged, b"app/", 10).unwrap();
         assert_eq!(keys(&items), ["app/a=v@1", "app/z=v@5"]);
         assert_eq!(next, None);

@@ -292,9 +292,9 @@ impl StateMachine {
             ))
         });
         let mut sources: Vec<Box<dyn Iterator<Item = io::Result<overlay::Item>> + '_>> =
-            vec![Box::new(layers.active.range_from(from))];
+            vec![Box::new(layers.active.range_from(from, prefix, limit, None))];
         if let Some(f) = &layers.flushing {
-            sources.push(Box::new(f.range_from(from)));
+            sources.push(Box::new(f.range_from(from, prefix, limit, Some(&layers.active))));
         }
         sources.push(Box::new(disk));
         overlay::page(Merge::new(sources), prefix, limit)
@@ -546,7 +546,7 @@ fn write_layer(db: &Database, layer: &Layer, meta: &Meta, durability: Durability
     txn.set_durability(durability).map_err(io_err)?;
     {
         let mut kv = txn.open_table(KV).map_err(io_err)?;
-        for (key, change) in layer.iter() {
+        for (key, change) in layer.sorted() {
             match change {
                 Change::Put { revision, value } => {
                     kv.insert(key.as_ref(), encode_value(*revision, value).as_slice())

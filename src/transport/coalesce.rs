@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::raft::AppendEntriesRequest;
 
 use crate::types::{LogId, TypeConfig};
@@ -150,6 +150,10 @@ where
         last: Option<Option<LogId>>,
         /// An update held, and until when.
         held: Option<(Request, tokio::time::Instant)>,
+        /// One timer for every hold, moved later each time. Moving a timer that has not fired
+        /// later costs nothing; a new one, due before anything else the runtime waits for,
+        /// wakes its driver (measured: 1.6 eventfd writes per write on the leader).
+        timer: std::pin::Pin<Box<tokio::time::Sleep>>,
         done: bool,
     }
     let state = State {
@@ -158,6 +162,7 @@ where
         hold,
         last: None,
         held: None,
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -166,12 +171,22 @@ where
                 // The stream ended with an update held: it still has to reach the follower.
                 return st.held.take().map(|(req, _)| (req, st));
             }
-            let next = match &st.held {
+            let next = match st.held.as_ref().map(|(_, until)| *until) {
                 // A zero hold still folds an update into a request that is already there.
-                Some((_, until)) => match tokio::time::timeout_at(*until, st.input.next()).await {
-                    Ok(next) => next,
-                    Err(_) => return st.held.take().map(|(req, _)| (req, st)),
+                Some(until) if until <= tokio::time::Instant::now() => match st.input.next().now_or_never() {
+                    Some(next) => next,
+                    None => return st.held.take().map(|(req, _)| (req, st)),
                 },
+                Some(until) => {
+                    if st.timer.deadline() != until {
+                        st.timer.as_mut().reset(until);
+                    }
+                    tokio::select! {
+                        biased;
+                        next = st.input.next() => next,
+                        () = st.timer.as_mut() => return st.held.take().map(|(req, _)| (req, st)),
+                    }
+                }
                 None => st.input.next().await,
             };
             let Some(req) = next else {
