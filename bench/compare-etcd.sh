@@ -63,6 +63,14 @@ for _ in $(seq 1 60); do
   [ "$n" = 3 ] && [ "$e" = 1 ] && break
   sleep 1
 done
+# A server that could not start (a port already taken, say) would fail every run after this.
+for p in "${pids[@]}"; do
+  if ! kill -0 "$p" 2>/dev/null; then
+    echo "a server exited at start; its last words:" >&2
+    tail -n 3 "$data"/*.log >&2
+    exit 1
+  fi
+done
 
 out="$data/runs.jsonl"
 hz=$(getconf CLK_TCK)
