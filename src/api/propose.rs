@@ -6,9 +6,10 @@
 //! replication message and one state-machine transaction for all of them.
 //!
 //! One proposal is in flight at a time on the leader (two batches per follower); writes that
-//! arrive meanwhile wait for the next one. At low load a write is proposed alone and at once;
-//! under load proposals grow by themselves, as the group commit of the log does, and the
-//! per-entry costs of Raft and storage are shared.
+//! arrive meanwhile wait for the next one, which first lets the tasks already carrying writes
+//! run (`GATHER_YIELDS`). At low load a write is proposed alone and at once; under load
+//! proposals grow by themselves, as the group commit of the log does, and the per-entry costs
+//! of Raft and storage are shared.
 //!
 //! A write is retried (on the leader that replaces the one asked) only when it certainly was not
 //! proposed: no leader known, the node asked does not lead, or no connection was made. Anything
@@ -34,6 +35,14 @@ const LEADING_IN_FLIGHT: usize = 1;
 /// Batches a follower has in flight to the leader at once: enough that one always waits there
 /// for the leader's next proposal (more only splits them: measured, 2 beats 1, 4 and 8).
 const FORWARDING_IN_FLIGHT: usize = 2;
+/// Times the leader's proposer lets every other ready task run before it takes its next
+/// batch. Writes reach it through chains of tasks (an HTTP connection, or a follower's call
+/// stream and the task it spawns per call), and one yield only runs what is ready now; four let
+/// the writes already on their way join this proposal instead of waiting a whole round for the
+/// next. Measured at 64 connections, alternating on one cluster: 23 commands a proposal with
+/// none, 26 with two, about 30 with three to eight; writes +15% at 64 connections and +17% at
+/// 256, unchanged at one (an idle runtime yields at once).
+const GATHER_YIELDS: usize = 4;
 /// Upper bounds on one proposal: commands, and bytes of keys and values.
 const MAX_COMMANDS: usize = 4096;
 const MAX_BYTES: usize = 4 << 20;
@@ -169,6 +178,11 @@ impl Route {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
+            if is_leader {
+                for _ in 0..GATHER_YIELDS {
+                    tokio::task::yield_now().await;
+                }
+            }
             // Everything queued by now (within bounds) goes into this proposal.
             let mut commands = first.commands.len();
             let mut bytes = first.size();
