@@ -10,6 +10,15 @@ use raftkv::config::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How many tasks a runtime worker runs between looks at the queue of tasks woken from other
+/// threads. The log writer's "flushed" wakes the Raft core from its own thread, so that wake
+/// waits in this queue; tokio's default looks about every 200 µs of polling, and a node busy
+/// with client connections made every Raft round wait that long at each fsync. Measured on a
+/// 3-node cluster, alternating over four rounds against the default: writes +24% at one
+/// connection, +17% at 64 and +29% at 256 (medians), with less processor time per write; 1
+/// did no better than 2.
+const GLOBAL_QUEUE_INTERVAL: u32 = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raftkv::logging::init(&cli.log_level, cli.log_format);
@@ -18,6 +27,9 @@ fn main() -> ExitCode {
         no_huge_pages();
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if is_node {
+        builder.global_queue_interval(GLOBAL_QUEUE_INTERVAL);
+    }
     if let Command::Serve(args) = &cli.command {
         if args.worker_threads > 0 {
             builder.worker_threads(args.worker_threads);
