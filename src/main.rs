@@ -12,11 +12,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How many tasks a runtime worker runs between looks at the queue of tasks woken from other
 /// threads. The log writer's "flushed" wakes the Raft core from its own thread, so that wake
-/// waits in this queue; tokio's default looks about every 200 µs of polling, and a node busy
-/// with client connections made every Raft round wait that long at each fsync. Measured on a
-/// 3-node cluster, alternating over four rounds against the default: writes +24% at one
-/// connection, +17% at 64 and +29% at 256 (medians), with less processor time per write; 1
-/// did no better than 2.
+/// waits in this queue; tokio's default looks about every 200 µs of polling, so on a node busy
+/// with client connections every Raft round could wait up to that long at each fsync.
+/// Measured on a 3-node cluster, alternating over four rounds against the default: writes +24%
+/// at one connection, +17% at 64 and +29% at 256 (medians), with less processor time per
+/// write; 1 did no better than 2.
 const GLOBAL_QUEUE_INTERVAL: u32 = 2;
 
 fn main() -> ExitCode {
