@@ -5,21 +5,28 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
-# Dependencies first, in their own layer: it is rebuilt only when Cargo.toml/Cargo.lock change.
+# Dependencies first, in their own layer: it is rebuilt only when a manifest or Cargo.lock
+# changes. Every workspace member's manifest is needed to resolve the workspace; the sources
+# are stubs here. `proto/` is small and its build script needs the .proto files.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
-COPY operator/Cargo.toml operator/Cargo.toml
-RUN mkdir -p src operator/src \
- && echo 'fn main() {}' > build.rs \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && echo 'fn main() {}' > operator/src/main.rs && touch operator/src/lib.rs \
- && cargo build --release --locked --workspace \
- && rm -rf src operator/src build.rs
-COPY build.rs ./
 COPY proto proto
+COPY client/Cargo.toml client/Cargo.toml
+COPY harness/Cargo.toml harness/Cargo.toml
+COPY operator/Cargo.toml operator/Cargo.toml
+COPY testbed/Cargo.toml testbed/Cargo.toml
+COPY nemesis/Cargo.toml nemesis/Cargo.toml
+RUN for crate in . client harness operator testbed nemesis; do mkdir -p $crate/src && touch $crate/src/lib.rs; done \
+ && for crate in . operator nemesis; do echo 'fn main() {}' > $crate/src/main.rs; done \
+ && cargo build --release --locked --workspace \
+ && rm -rf src client/src harness/src operator/src testbed/src nemesis/src
 COPY src src
+COPY client/src client/src
+COPY harness/src harness/src
 COPY operator/src operator/src
+COPY testbed/src testbed/src
+COPY nemesis/src nemesis/src
 # The same command CI runs (scripts/build-release.sh).
-RUN touch build.rs src/main.rs src/lib.rs operator/src/main.rs operator/src/lib.rs \
+RUN find src client/src harness/src operator/src testbed/src nemesis/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --workspace
 
 FROM gcr.io/distroless/cc-debian12:nonroot

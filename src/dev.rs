@@ -1,44 +1,25 @@
 //! `raftkv dev`: a local cluster in one command. Starts N `raftkv serve` child processes on
-//! loopback (node 1 bootstraps, the others join it), waits until all are voters, prints how to
-//! reach them, and stops them cleanly on Ctrl-C.
+//! loopback (node 1 bootstraps, the others join it) through the cluster harness, waits until
+//! all are voters, prints how to reach them, and stops them cleanly on Ctrl-C.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use raftkv_harness::{Cluster, NodeSpec, Options};
 
 use crate::config::DevArgs;
 
-struct DevNode {
-    n: u16,
-    http: String,
-    child: Child,
-    log: PathBuf,
-}
+/// How long Ctrl-C waits for the nodes to stop by themselves (a leader hands over first)
+/// before it kills them.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
-fn terminate(nodes: &mut [DevNode]) {
-    for node in nodes.iter() {
-        if let Ok(pid) = i32::try_from(node.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for node in nodes.iter_mut() {
-        loop {
-            match node.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = node.child.kill();
-                    let _ = node.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
+/// Node `n`'s (1-based) port: `first + n - 1`.
+fn port(first: u16, n: u16, what: &str) -> anyhow::Result<SocketAddr> {
+    let port = first
+        .checked_add(n - 1)
+        .with_context(|| format!("{what} {first} + {} is past 65535", n - 1))?;
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
@@ -50,105 +31,67 @@ pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     println!("raftkv dev: {} node(s), data under {}", args.nodes, data.display());
 
-    let mut nodes: Vec<DevNode> = Vec::new();
-    let first_http = format!("127.0.0.1:{}", args.http_port);
+    let options = Options::new(exe)
+        .dir(&data)
+        .inherit_env()
+        .global_args(&["--log-level", log_level]);
+    let mut cluster = Cluster::new(options)?;
     for n in 1..=args.nodes {
-        let raft = format!("127.0.0.1:{}", args.raft_port + n - 1);
-        let http = format!("127.0.0.1:{}", args.http_port + n - 1);
-        let dir = data.join(format!("node{n}"));
-        let log = data.join(format!("node{n}.log"));
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--log-level")
-            .arg(log_level)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--raft-addr")
-            .arg(&raft)
-            .arg("--http-addr")
-            .arg(&http);
-        // A restart over existing data rejoins from its state; flags only matter the first time.
-        if n == 1 {
-            cmd.arg("--bootstrap");
-        } else {
-            cmd.arg("--join").arg(&first_http);
-        }
-        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
-        let child = cmd.spawn().with_context(|| format!("starting node {n}"))?;
-        nodes.push(DevNode { n, http, child, log });
+        let raft = port(args.raft_port, n, "--raft-port")?;
+        let http = port(args.http_port, n, "--http-port")?;
+        cluster.add(NodeSpec::at(format!("node{n}"), raft, http))?;
     }
 
-    let client = reqwest::Client::new();
-    let ready = wait_ready(&client, &mut nodes, args.nodes as usize);
+    // All at once: a restart over existing data rejoins from its state (the flags only matter
+    // the first time), and needs a quorum running before any node is ready.
     let outcome = tokio::select! {
-        r = ready => r,
+        r = cluster.start_all() => r.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Err(e) = outcome {
-        terminate(&mut nodes);
+        cluster.terminate_all(STOP_GRACE).await;
         bail!("{e} (node logs are in {})", data.display());
     }
 
     println!();
-    for node in &nodes {
-        println!("  node {}  http://{}   log: {}", node.n, node.http, node.log.display());
+    for (n, node) in (1..).zip(cluster.nodes()) {
+        println!(
+            "  node {n}  http://{}   log: {}",
+            node.http_addr(),
+            node.log_path().display()
+        );
     }
+    let first_http = cluster.node(0).http_addr();
+    let last_http = cluster.nodes().last().map_or(first_http, |n| n.http_addr());
     println!();
     println!("Try:");
     println!("  curl -X PUT --data-binary 'hello' http://{first_http}/v1/kv/greeting");
-    println!(
-        "  curl http://{}/v1/kv/greeting",
-        nodes.last().map_or(&first_http, |n| &n.http)
-    );
+    println!("  curl http://{last_http}/v1/kv/greeting");
     println!("  curl http://{first_http}/v1/status");
     println!();
     println!("Ctrl-C stops the cluster (data stays in {}).", data.display());
 
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     println!("\nstopping...");
-    terminate(&mut nodes);
+    cluster.terminate_all(STOP_GRACE).await;
     println!("stopped");
     Ok(())
 }
 
-/// Waits until every node is ready and node 1 reports `voters` voters.
-async fn wait_ready(client: &reqwest::Client, nodes: &mut [DevNode], voters: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for node in nodes.iter_mut() {
-            if let Some(status) = node.child.try_wait()? {
-                bail!("node {} exited with {status}; see {}", node.n, node.log.display());
-            }
-        }
-        let mut all_ready = true;
-        for node in nodes.iter() {
-            let ok = client
-                .get(format!("http://{}/readyz", node.http))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            all_ready &= ok;
-        }
-        if all_ready {
-            let status: serde_json::Value = client
-                .get(format!("http://{}/v1/status", nodes[0].http))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let n = status["members"]
-                .as_array()
-                .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count());
-            if n == voters {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("the cluster did not become ready within 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ports_count_up_from_the_first_and_stop_at_65535() {
+        assert_eq!(
+            port(7001, 1, "--raft-port").ok(),
+            Some("127.0.0.1:7001".parse().unwrap())
+        );
+        assert_eq!(
+            port(7001, 3, "--raft-port").ok(),
+            Some("127.0.0.1:7003".parse().unwrap())
+        );
+        assert!(port(65535, 2, "--http-port").is_err());
     }
 }

@@ -28,7 +28,7 @@ fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
 
 /// Errors of resolving a node's id.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("cannot read {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
     #[error("{path} holds {found:?}, which is not a node id (a non-zero unsigned integer)")]
@@ -48,7 +48,7 @@ pub enum IdentityError {
 
 /// Returns this node's id: the stored one, else `requested`, else a fresh random one. The
 /// result is stored before it is returned.
-pub fn resolve_node_id(data_dir: &Path, requested: Option<NodeId>) -> Result<NodeId, IdentityError> {
+pub(crate) fn resolve_node_id(data_dir: &Path, requested: Option<NodeId>) -> Result<NodeId, IdentityError> {
     let path = data_dir.join(NODE_ID_FILE);
     let io_err = |error| IdentityError::Io {
         path: path.clone(),
@@ -90,18 +90,18 @@ pub fn resolve_node_id(data_dir: &Path, requested: Option<NodeId>) -> Result<Nod
 }
 
 /// The `cluster-id` file of a data directory.
-pub struct ClusterIdFile {
+pub(crate) struct ClusterIdFile {
     path: PathBuf,
 }
 
 impl ClusterIdFile {
-    pub fn new(data_dir: &Path) -> Self {
+    pub(crate) fn new(data_dir: &Path) -> Self {
         ClusterIdFile {
             path: data_dir.join(CLUSTER_ID_FILE),
         }
     }
 
-    pub fn read(&self) -> io::Result<Option<String>> {
+    pub(crate) fn read(&self) -> io::Result<Option<String>> {
         match std::fs::read_to_string(&self.path) {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
             Ok(_) => Ok(None),
@@ -110,7 +110,7 @@ impl ClusterIdFile {
         }
     }
 
-    pub fn write(&self, id: &str) -> io::Result<()> {
+    pub(crate) fn write(&self, id: &str) -> io::Result<()> {
         write_atomic(&self.path, &format!("{id}\n"))
     }
 }

@@ -5,18 +5,18 @@ use std::process::ExitCode;
 use clap::Parser;
 use raftkv::config::{Cli, Command};
 
-/// glibc's allocator cost ~15% of a loaded node's CPU (perf: _int_malloc, free, consolidation);
-/// mimalloc's per-thread free lists do the same work for a fraction of it.
+/// A loaded node allocates and frees small buffers on every request and log entry; glibc's
+/// allocator spends much of its time consolidating them across threads (perf shows
+/// `_int_malloc`, `free`), while mimalloc's per-thread free lists do the same work locally.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How many tasks a runtime worker runs between looks at the queue of tasks woken from other
 /// threads. The log writer's "flushed" wakes the Raft core from its own thread, so that wake
 /// waits in this queue; tokio's default looks about every 200 µs of polling, so on a node busy
-/// with client connections every Raft round could wait up to that long at each fsync.
-/// Measured on a 3-node cluster, alternating over four rounds against the default: writes +24%
-/// at one connection, +17% at 64 and +29% at 256 (medians), with less processor time per
-/// write; 1 did no better than 2.
+/// with client connections every Raft round could wait up to that long at each fsync. Looking
+/// every second task lets a finished fsync reach the Raft core at once (the runs before and
+/// after this change: `bench/results/2026-12-03T091225Z.md`, `2026-12-03T101709Z.md`).
 const GLOBAL_QUEUE_INTERVAL: u32 = 2;
 
 fn main() -> ExitCode {
@@ -79,9 +79,9 @@ fn main() -> ExitCode {
 /// Turns transparent huge pages off for this process. A node takes memory and gives it back
 /// all the time (request buffers, log entries until their checkpoint, the state machine's
 /// layer until its flush); where THP is `always`, every fresh 2 MiB of heap is one fault that
-/// zeroes all of it at once. Measured at 64 connections: 5% of the machine's processor time
-/// in those faults, 0.2% with huge pages off, and a lower p99. Databases ask for the same
-/// (Redis, MongoDB); an error only means the kernel keeps its setting.
+/// zeroes all of it at once, on the request thread or the state flusher, which shows in the
+/// tail latency. Databases ask for the same (Redis, MongoDB); an error only means the kernel
+/// keeps its setting.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {

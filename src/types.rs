@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// A node's identity: a u64 kept in its data directory (see [`crate::identity`]).
+/// A node's identity: a u64 kept in its data directory (see `identity.rs`).
 pub type NodeId = u64;
 
 /// Where a member can be reached. Stored in the Raft membership, so every node knows every
@@ -33,7 +33,6 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
@@ -98,7 +97,7 @@ impl fmt::Display for Command {
 }
 
 /// What one Raft entry carries: client writes that arrived together, gathered by the proposer
-/// (`crate::propose`) so that one entry, one fsync and one replication message serve them all.
+/// (`replica/propose.rs`) so that one entry, one fsync and one replication message serve them all.
 /// They are applied in order, each seeing the effects of those before it, and answered one
 /// [`CommandResult`] each, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +125,4 @@ pub enum CommandResult {
     Deleted { existed: bool },
     /// The precondition did not hold; nothing changed. `current` is the key's revision.
     PreconditionFailed { current: Option<u64> },
-}
-
-/// The current value of openraft's metrics (a clone, so no lock is held).
-pub fn metrics(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {
-    use openraft::async_runtime::WatchReceiver;
-    raft.metrics().borrow_watched().clone()
 }

@@ -4,21 +4,23 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{cli, Cluster, Writer};
+use common::{cli, cluster, empty_cluster, CliRun, Kv};
+use raftkv_client::{Consistency, ListOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_grow_3_to_5_and_shrink_back_under_writes_without_losing_acknowledged_writes() {
-    let mut c = Cluster::start(3, &[]).await;
-    let writer = Writer::start(c.nodes.iter().map(|n| n.http_addr.clone()).collect(), "w");
+    let mut c = cluster(3, &[]).await;
+    let writer = c.writer("w");
     let eps = c.admin_endpoints(&[1, 2, 0]);
 
     let mut new_ids = Vec::new();
     for _ in 0..2 {
-        let i = c.add_node(&[]);
-        let id = c.start_unjoined(i).await;
-        let (raft, http) = (c.nodes[i].raft_addr.clone(), c.nodes[i].http_addr.clone());
+        let i = c.add_loopback().expect("a new node");
+        let id = c.start_unjoined(i).await.expect("the new node writes its id");
+        let (raft, http) = (c.node(i).raft_addr().to_string(), c.node(i).http_addr().to_string());
         let r = cli(
             &["admin", "--endpoint", &eps, "add-voter", &id.to_string(), &raft, &http],
             None,
@@ -28,7 +30,7 @@ async fn members_grow_3_to_5_and_shrink_back_under_writes_without_losing_acknowl
         assert!(r.stdout.contains("promoted"), "{}", r.stdout);
         new_ids.push((i, id));
     }
-    c.wait_voters(5).await;
+    c.wait_voters(5).await.expect("5 voters");
     let members = cli(&["admin", "--endpoint", &eps, "-o", "json", "members"], None).await;
     let m: serde_json::Value = serde_json::from_str(&members.stdout).expect("members JSON");
     assert_eq!(m["members"].as_array().map(Vec::len), Some(5), "{m}");
@@ -37,39 +39,43 @@ async fn members_grow_3_to_5_and_shrink_back_under_writes_without_losing_acknowl
         let r = cli(&["admin", "--endpoint", &eps, "remove", &id.to_string()], None).await;
         assert_eq!(r.code, 0, "remove {id}: {}{}", r.stdout, r.stderr);
         // The removed node notices, stops serving and exits 0.
-        let status = c.nodes[*i]
+        let status = c
+            .node_mut(*i)
             .wait_exit(Duration::from_secs(30))
+            .await
             .expect("removed node exits");
         assert!(status.success(), "removed node exit status {status}");
-        assert!(c.nodes[*i].log_text().contains("not in the cluster's membership"));
+        assert!(c.node(*i).log_text().contains("not in the cluster's membership"));
     }
-    c.wait_voters(3).await;
+    c.wait_voters(3).await.expect("3 voters");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (acked, failed) = writer.stop().await;
     eprintln!("writer: {} acknowledged, {failed} failed", acked.len());
     assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
     for (k, v) in &acked {
         assert_eq!(
-            c.get(0, k, "linearizable").await.as_deref(),
+            c.get(0, k, Consistency::Linearizable).await.as_deref(),
             Some(v.as_str()),
             "acknowledged {k} lost"
         );
     }
     // A removed node restarted over its data exits at once instead of rejoining.
     let (i, _) = new_ids[0];
-    c.start_with(i, &[]);
-    let status = c.nodes[i]
+    c.node_mut(i).start(&[]).expect("start");
+    let status = c
+        .node_mut(i)
         .wait_exit(Duration::from_secs(20))
+        .await
         .expect("restarted removed node exits");
     assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_leader_moves_leadership_to_the_chosen_node() {
-    let c = Cluster::start(3, &[]).await;
-    let leader = c.leader_index().await.expect("leader");
+    let c = cluster(3, &[]).await;
+    let leader = c.leader().await.expect("leader");
     let target = (leader + 2) % 3;
-    let target_id = c.node_id(target);
+    let target_id = c.node(target).node_id().expect("node-id file");
     let eps = c.admin_endpoints(&[(leader + 1) % 3]);
     let r = cli(
         &["admin", "--endpoint", &eps, "transfer-leader", &target_id.to_string()],
@@ -77,7 +83,10 @@ async fn transfer_leader_moves_leadership_to_the_chosen_node() {
     )
     .await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(c.wait_leader(None, Duration::from_secs(10)).await, target);
+    assert_eq!(
+        c.wait_leader(None, Duration::from_secs(10)).await.expect("a leader"),
+        target
+    );
     // Without an id, leadership goes to the most caught-up other voter.
     let r = cli(&["admin", "--endpoint", &eps, "-o", "json", "transfer-leader"], None).await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -88,25 +97,22 @@ async fn transfer_leader_moves_leadership_to_the_chosen_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_membership_changes_are_refused_with_a_reason() {
-    let c = Cluster::start(3, &[]).await;
+    let c = cluster(3, &[]).await;
     let eps = c.admin_endpoints(&[0, 1, 2]);
-    let follower = (c.leader_index().await.expect("leader") + 1) % 3;
-    let id = c.node_id(follower).to_string();
+    let follower = (c.leader().await.expect("leader") + 1) % 3;
+    let id = c.node(follower).node_id().expect("node-id file").to_string();
 
-    let r = cli(&["admin", "--endpoint", &eps, "remove", &id], None).await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("tolerate no failure"), "{}", r.stderr);
+    let r = fails(&["admin", "--endpoint", &eps, "remove", &id], "tolerate no failure").await;
     assert!(
         r.stderr.contains("127.0.0.1:"),
         "the error names the endpoint: {}",
         r.stderr
     );
 
-    let r = cli(&["admin", "--endpoint", &eps, "remove", "12345"], None).await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("not a member"), "{}", r.stderr);
+    fails(&["admin", "--endpoint", &eps, "remove", "12345"], "not a member").await;
 
-    let r = cli(
+    // A clear timeout.
+    fails(
         &[
             "admin",
             "--endpoint",
@@ -118,33 +124,58 @@ async fn unsafe_membership_changes_are_refused_with_a_reason() {
             "--catch-up-timeout",
             "2",
         ],
-        None,
+        "stays a learner",
     )
     .await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("stays a learner"), "a clear timeout: {}", r.stderr);
 
     let r = cli(&["admin", "--endpoint", &eps, "remove", "99"], None).await;
     assert_eq!(r.code, 0, "a learner can be removed: {}", r.stderr);
 
     let r = cli(&["admin", "--endpoint", &eps, "remove"], None).await;
     assert_eq!(r.code, 2, "usage error: {}", r.stderr);
-    let r = cli(&["admin", "--endpoint", "127.0.0.1:1", "status"], None).await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no endpoint answered"), "{}", r.stderr);
-
-    let single = Cluster::start(1, &[]).await;
-    let eps = single.admin_endpoints(&[0]);
-    let r = cli(
-        &["admin", "--endpoint", &eps, "remove", &single.node_id(0).to_string()],
-        None,
+    fails(
+        &["admin", "--endpoint", "127.0.0.1:1", "status"],
+        "no endpoint answered",
     )
     .await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("last voter"), "{}", r.stderr);
+
+    let single = cluster(1, &[]).await;
+    let eps = single.admin_endpoints(&[0]);
+    let id = single.node(0).node_id().expect("node-id file").to_string();
+    fails(&["admin", "--endpoint", &eps, "remove", &id], "last voter").await;
 }
 
-fn read_backup(path: &std::path::Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// Runs the CLI, which must fail (exit 1) saying `reason` on stderr.
+async fn fails(args: &[&str], reason: &str) -> CliRun {
+    let r = cli(args, None).await;
+    assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+    assert!(r.stderr.contains(reason), "{args:?}: {}", r.stderr);
+    r
+}
+
+/// `raftkv restore` of the backup `from` into the data directory `dir` of a new node.
+async fn restore(from: &Path, dir: &Path, id: u64, raft: &str, http: &str) -> CliRun {
+    let (from, dir, id) = (from.to_str().unwrap(), dir.to_str().unwrap(), id.to_string());
+    cli(
+        &[
+            "restore",
+            "--from",
+            from,
+            "--data-dir",
+            dir,
+            "--id",
+            &id,
+            "--raft-addr",
+            raft,
+            "--http-addr",
+            http,
+        ],
+        None,
+    )
+    .await
+}
+
+fn read_backup(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut r = raftkv::storage::snapshot::SnapshotReader::open(path).expect("open backup");
     let mut out = BTreeMap::new();
     while let Some(rec) = r.next_record().expect("read backup") {
@@ -155,12 +186,12 @@ fn read_backup(path: &std::path::Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_writes_restores_exactly_into_a_new_cluster() {
-    let c = Cluster::start(3, &[]).await;
-    let writer = Writer::start(c.nodes.iter().map(|n| n.http_addr.clone()).collect(), "b");
+    let c = cluster(3, &[]).await;
+    let writer = c.writer("b");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let before_backup = writer.stop().await.0;
-    let writer = Writer::start(c.nodes.iter().map(|n| n.http_addr.clone()).collect(), "c");
-    let file = c.dir.path().join("cluster.backup");
+    let writer = c.writer("c");
+    let file = c.dir().join("cluster.backup");
     let eps = c.admin_endpoints(&[1, 2]);
     let r = cli(
         &["admin", "--endpoint", &eps, "backup", "-o", file.to_str().unwrap()],
@@ -179,63 +210,45 @@ async fn a_backup_taken_under_writes_restores_exactly_into_a_new_cluster() {
         );
     }
 
-    let mut fresh = Cluster::empty();
-    let i = fresh.add_node(&[]);
-    let (raft, http) = (fresh.nodes[i].raft_addr.clone(), fresh.nodes[i].http_addr.clone());
-    let dir = fresh.nodes[i].data_dir.clone();
-    let r = cli(
-        &[
-            "restore",
-            "--from",
-            file.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--id",
-            "77",
-            "--raft-addr",
-            &raft,
-            "--http-addr",
-            &http,
-        ],
-        None,
-    )
-    .await;
+    let mut fresh = empty_cluster();
+    let i = fresh.add_loopback().expect("a node");
+    let (raft, http) = (
+        fresh.node(i).raft_addr().to_string(),
+        fresh.node(i).http_addr().to_string(),
+    );
+    let dir = fresh.node(i).data_dir().to_path_buf();
+    let r = restore(&file, &dir, 77, &raft, &http).await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    fresh.start_with(i, &["--bootstrap"]);
-    fresh.wait_ready(i).await;
-    let restored: serde_json::Value = fresh
-        .http
-        .get(fresh.nodes[i].url("/v1/kv?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items = restored["items"].as_array().expect("items");
-    let got: BTreeMap<Vec<u8>, Vec<u8>> = items
-        .iter()
-        .map(|i| {
-            (
-                i["key"].as_str().unwrap().as_bytes().to_vec(),
-                i["value"].as_str().unwrap().as_bytes().to_vec(),
-            )
+    fresh.node_mut(i).start(&["--bootstrap"]).expect("start");
+    fresh.wait_ready(i).await.expect("ready");
+    let restored = fresh
+        .node(i)
+        .client()
+        .list(&ListOptions {
+            limit: Some(1000),
+            ..ListOptions::default()
         })
+        .await
+        .expect("list the restored keys");
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = restored
+        .items
+        .iter()
+        .map(|i| (i.key.to_vec(), i.value.to_vec()))
         .collect();
-    assert!(restored["next_start"].is_null(), "fewer than 1000 keys in this test");
+    assert!(restored.next_start.is_none(), "fewer than 1000 keys in this test");
     assert_eq!(got, backup, "the restored cluster serves exactly the backed-up data");
     // The restored cluster takes writes, and revisions keep increasing past the backup's.
-    let max_backup_rev = items.iter().filter_map(|i| i["revision"].as_u64()).max().unwrap_or(0);
+    let max_backup_rev = restored.items.iter().map(|i| i.revision).max().unwrap_or(0);
     assert!(fresh.put_ok(i, "after-restore", "x").await > max_backup_rev);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_truncated_backup_is_refused() {
-    let c = Cluster::start(1, &[]).await;
+    let c = cluster(1, &[]).await;
     for k in 0..20 {
         c.put_ok(0, &format!("k{k}"), "some value to back up").await;
     }
-    let file = c.dir.path().join("good.backup");
+    let file = c.dir().join("good.backup");
     let r = cli(
         &[
             "admin",
@@ -259,26 +272,10 @@ async fn a_corrupt_or_truncated_backup_is_refused() {
         ("flipped", &flipped[..], "corrupt"),
         ("truncated", truncated, "truncated"),
     ] {
-        let path = c.dir.path().join(name);
+        let path = c.dir().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let dir = c.dir.path().join(format!("restore-{name}"));
-        let r = cli(
-            &[
-                "restore",
-                "--from",
-                path.to_str().unwrap(),
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--id",
-                "5",
-                "--raft-addr",
-                "127.0.0.1:1",
-                "--http-addr",
-                "127.0.0.1:2",
-            ],
-            None,
-        )
-        .await;
+        let dir = c.dir().join(format!("restore-{name}"));
+        let r = restore(&path, &dir, 5, "127.0.0.1:1", "127.0.0.1:2").await;
         assert_eq!(r.code, 1, "{name}: {}", r.stderr);
         assert!(r.stderr.contains(expect), "{name}: {}", r.stderr);
         assert!(!dir.join("state.redb").exists(), "nothing restored from a bad backup");
@@ -287,13 +284,13 @@ async fn a_corrupt_or_truncated_backup_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_command_reads_and_writes_from_args_files_and_stdin() {
-    let c = Cluster::start(3, &[]).await;
-    let eps = format!("http://127.0.0.1:1,{}", c.nodes[1].http_addr);
+    let c = cluster(3, &[]).await;
+    let eps = format!("http://127.0.0.1:1,{}", c.node(1).http_addr());
     let r = cli(&["kv", "--endpoint", &eps, "put", "dir/a", "from-arg"], None).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = cli(&["kv", "--endpoint", &eps, "put", "dir/b"], Some(b"from-stdin")).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let f = c.dir.path().join("value");
+    let f = c.dir().join("value");
     std::fs::write(&f, b"from-file").unwrap();
     let r = cli(
         &["kv", "--endpoint", &eps, "put", "dir/c", "--file", f.to_str().unwrap()],
@@ -323,13 +320,11 @@ async fn the_kv_command_reads_and_writes_from_args_files_and_stdin() {
     assert_eq!(v["value"], "from-file");
     let rev = v["revision"].as_u64().expect("revision");
 
-    let r = cli(
+    fails(
         &["kv", "--endpoint", &eps, "put", "dir/c", "x", "--if-match", "1"],
-        None,
+        "412",
     )
     .await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("412"), "{}", r.stderr);
     let r = cli(
         &[
             "kv",
@@ -362,9 +357,7 @@ async fn the_kv_command_reads_and_writes_from_args_files_and_stdin() {
 
     let r = cli(&["kv", "--endpoint", &eps, "delete", "dir/a"], None).await;
     assert_eq!((r.code, r.stdout.trim()), (0, "deleted"));
-    let r = cli(&["kv", "--endpoint", &eps, "get", "dir/a"], None).await;
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("404"), "{}", r.stderr);
+    fails(&["kv", "--endpoint", &eps, "get", "dir/a"], "404").await;
     let r = cli(&["kv", "--endpoint", &eps, "put", "k", "v", "--file", "x"], None).await;
     assert_eq!(r.code, 2, "usage error: {}", r.stderr);
 }

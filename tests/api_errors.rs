@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{cluster, http, Kv};
 use serde_json::Value;
 
 async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
@@ -24,131 +24,58 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_and_write_nothing() {
-    let c = Cluster::start(1, &["--max-value-bytes", "1024"]).await;
-    let n = &c.nodes[0];
-    let h = &c.http;
+    let c = cluster(1, &["--max-value-bytes", "1024"]).await;
+    let n = c.node(0);
+    let h = &http();
 
-    expect_error(
-        h.put(n.url("/v1/kv/")).body("x").send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
-    let long = "k".repeat(4097);
-    expect_error(
-        h.put(n.url(&format!("/v1/kv/{long}"))).body("x").send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
-    expect_error(
-        h.put(n.url("/v1/kv/bad%zzescape")).body("x").send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
-    let body = expect_error(
-        h.put(n.url("/v1/kv/big")).body(vec![b'x'; 1025]).send().await.unwrap(),
-        413,
-        "value_too_large",
-    )
-    .await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("1024"));
-    expect_error(
-        h.put(n.url("/v1/kv/k"))
-            .header("if-match", "7")
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_header",
-    )
-    .await;
-    expect_error(
-        h.put(n.url("/v1/kv/k"))
-            .header("if-none-match", "\"3\"")
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_header",
-    )
-    .await;
-    expect_error(
-        h.put(n.url("/v1/kv/k?consistency=stale"))
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_query",
-    )
-    .await;
-    expect_error(
-        h.get(n.url("/v1/kv/k?consistency=strong")).send().await.unwrap(),
-        400,
-        "invalid_query",
-    )
-    .await;
-    expect_error(
-        h.get(n.url("/v1/kv/k?bogus=1")).send().await.unwrap(),
-        400,
-        "invalid_query",
-    )
-    .await;
-    expect_error(
-        h.get(n.url("/v1/kv?limit=0")).send().await.unwrap(),
-        400,
-        "invalid_query",
-    )
-    .await;
-    expect_error(
-        h.get(n.url("/v1/kv/k")).body("a body").send().await.unwrap(),
-        400,
-        "unexpected_body",
-    )
-    .await;
-    expect_error(
-        h.delete(n.url("/v1/kv/k")).body("a body").send().await.unwrap(),
-        400,
-        "unexpected_body",
-    )
-    .await;
-    expect_error(
-        h.get(n.url("/v1/kv/missing")).send().await.unwrap(),
-        404,
-        "key_not_found",
-    )
-    .await;
-    expect_error(h.get(n.url("/nope")).send().await.unwrap(), 404, "not_found").await;
-    expect_error(
-        h.post(n.url("/v1/kv/k")).body("x").send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
-    expect_error(
-        h.post(n.url("/v1/cluster/join"))
-            .body("{not json")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_body",
-    )
-    .await;
-    expect_error(
-        h.post(n.url("/v1/cluster/join"))
-            .body(r#"{"id":0,"raft_addr":"x:1","http_addr":"x:2"}"#)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_request",
-    )
-    .await;
+    let long = format!("/v1/kv/{}", "k".repeat(4097));
+    let join = n.url("/v1/cluster/join");
+    // Each request written by hand, with the status and error code it must get.
+    let cases = [
+        (h.put(n.url("/v1/kv/")).body("x"), 400, "invalid_key"),
+        (h.put(n.url(&long)).body("x"), 400, "invalid_key"),
+        (h.put(n.url("/v1/kv/bad%zzescape")).body("x"), 400, "invalid_key"),
+        (
+            h.put(n.url("/v1/kv/big")).body(vec![b'x'; 1025]),
+            413,
+            "value_too_large",
+        ),
+        (
+            h.put(n.url("/v1/kv/k")).header("if-match", "7").body("x"),
+            400,
+            "invalid_header",
+        ),
+        (
+            h.put(n.url("/v1/kv/k")).header("if-none-match", "\"3\"").body("x"),
+            400,
+            "invalid_header",
+        ),
+        (
+            h.put(n.url("/v1/kv/k?consistency=stale")).body("x"),
+            400,
+            "invalid_query",
+        ),
+        (h.get(n.url("/v1/kv/k?consistency=strong")), 400, "invalid_query"),
+        (h.get(n.url("/v1/kv/k?bogus=1")), 400, "invalid_query"),
+        (h.get(n.url("/v1/kv?limit=0")), 400, "invalid_query"),
+        (h.get(n.url("/v1/kv/k")).body("a body"), 400, "unexpected_body"),
+        (h.delete(n.url("/v1/kv/k")).body("a body"), 400, "unexpected_body"),
+        (h.get(n.url("/v1/kv/missing")), 404, "key_not_found"),
+        (h.get(n.url("/nope")), 404, "not_found"),
+        (h.post(n.url("/v1/kv/k")).body("x"), 405, "method_not_allowed"),
+        (h.post(&join).body("{not json"), 400, "invalid_body"),
+        (
+            h.post(&join).body(r#"{"id":0,"raft_addr":"x:1","http_addr":"x:2"}"#),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let body = expect_error(request.send().await.unwrap(), status, code).await;
+        if code == "value_too_large" {
+            assert!(body["error"]["message"].as_str().unwrap().contains("1024"));
+        }
+    }
 
     // Nothing above was written.
     let list: Value = h.get(n.url("/v1/kv")).send().await.unwrap().json().await.unwrap();
@@ -160,9 +87,9 @@ async fn bad_requests_get_json_errors_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keys_and_values_survive_put_get_and_list() {
-    let c = Cluster::start(1, &[]).await;
-    let n = &c.nodes[0];
-    let h = &c.http;
+    let c = cluster(1, &[]).await;
+    let n = c.node(0);
+    let h = &http();
     let value: Vec<u8> = (0..=255u8).collect();
     let r = h
         .put(n.url("/v1/kv/bin%ff%00key"))
@@ -192,19 +119,20 @@ async fn binary_keys_and_values_survive_put_get_and_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_a_prefix_in_key_order() {
-    let c = Cluster::start(1, &[]).await;
+    let c = cluster(1, &[]).await;
+    let h = http();
     for k in ["a/1", "a/2", "a/3", "a/4", "a/5", "b/1"] {
         c.put_ok(0, k, k).await;
     }
     let mut keys = Vec::new();
-    let mut url = c.nodes[0].url("/v1/kv?prefix=a%2F&limit=2");
+    let mut url = c.node(0).url("/v1/kv?prefix=a%2F&limit=2");
     loop {
-        let page: Value = c.http.get(&url).send().await.unwrap().json().await.unwrap();
+        let page: Value = h.get(&url).send().await.unwrap().json().await.unwrap();
         for item in page["items"].as_array().unwrap() {
             keys.push(item["key"].as_str().unwrap().to_string());
         }
         match page["next_start"].as_str() {
-            Some(next) => url = c.nodes[0].url(&format!("/v1/kv?prefix=a%2F&limit=2&start={next}")),
+            Some(next) => url = c.node(0).url(&format!("/v1/kv?prefix=a%2F&limit=2&start={next}")),
             None => break,
         }
     }

@@ -3,35 +3,40 @@
 
 mod common;
 
-use common::{cli, Cluster};
+use common::{cli, cluster};
+
+/// `raftkv bench <args> --json`, which must succeed; its report.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = ["bench"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--json"])
+        .collect();
+    let r = cli(&args, None).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    serde_json::from_str(r.stdout.trim()).expect("JSON report")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_a_mixed_load_and_reports_json() {
-    let c = Cluster::start(1, &[]).await;
-    let ep = c.nodes[0].http_addr.clone();
-    let r = cli(
-        &[
-            "bench",
-            "--endpoint",
-            &ep,
-            "-c",
-            "4",
-            "--keys",
-            "50",
-            "--mix",
-            "50:40:10",
-            "--ops",
-            "300",
-            "--preload",
-            "--json",
-            "--label",
-            "smoke",
-        ],
-        None,
-    )
+    let c = cluster(1, &[]).await;
+    let ep = c.node(0).http_addr().to_string();
+    let v = bench_json(&[
+        "--endpoint",
+        &ep,
+        "-c",
+        "4",
+        "--keys",
+        "50",
+        "--mix",
+        "50:40:10",
+        "--ops",
+        "300",
+        "--preload",
+        "--label",
+        "smoke",
+    ])
     .await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON report");
     assert_eq!(v["label"], "smoke");
     assert_eq!(v["ok"], 300, "{v}");
     assert!(v["errors"].as_object().is_some_and(|e| e.is_empty()), "{v}");
@@ -40,30 +45,23 @@ async fn bench_runs_a_mixed_load_and_reports_json() {
         assert!(v["latency_ms"][q].as_f64().is_some(), "{q} missing: {v}");
     }
     // Open loop at a fixed rate, stale reads.
-    let r = cli(
-        &[
-            "bench",
-            "--endpoint",
-            &ep,
-            "-c",
-            "2",
-            "--keys",
-            "50",
-            "--mix",
-            "100:0:0",
-            "--consistency",
-            "stale",
-            "--rate",
-            "200",
-            "--ops",
-            "100",
-            "--json",
-        ],
-        None,
-    )
+    let v = bench_json(&[
+        "--endpoint",
+        &ep,
+        "-c",
+        "2",
+        "--keys",
+        "50",
+        "--mix",
+        "100:0:0",
+        "--consistency",
+        "stale",
+        "--rate",
+        "200",
+        "--ops",
+        "100",
+    ])
     .await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON report");
     assert_eq!(v["ok"], 100, "{v}");
     // Op 99 is due 0.495 s after the start: an open loop cannot finish sooner (a lower bound
     // only, which no slow machine can break).

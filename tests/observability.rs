@@ -6,22 +6,17 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{cli, free_port, Cluster};
-use serde_json::Value;
+use common::{cli, cluster, Cluster, Kv};
+use raftkv_client::Consistency;
+use raftkv_harness::prometheus::{self, PanelQuery, Prometheus};
 
-fn tool(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
-        let p = format!("{dir}/{name}");
-        if std::path::Path::new(&p).exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found: install Debian's prometheus package (scripts/test.sh does)");
-}
+/// How long a Prometheus query may take to show what the cluster did.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(30);
 
 /// Metric names (with histogram series names) in an exposition.
 fn exposed_names(text: &str) -> BTreeSet<String> {
@@ -43,34 +38,28 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 }
 
 async fn scrape(c: &Cluster, i: usize) -> String {
-    let r = c
-        .http
-        .get(c.nodes[i].url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("metrics body")
+    c.node(i).client().metrics().await.expect("GET /metrics")
 }
 
 async fn exercise(c: &Cluster) {
     for k in 0..30 {
         c.put_ok(k % 3, &format!("m{k}"), "v").await;
-        c.get(k % 3, &format!("m{k}"), "linearizable").await;
+        c.get(k % 3, &format!("m{k}"), Consistency::Linearizable).await;
     }
-    let _ = c.http.get(c.nodes[0].url("/v1/kv/nope")).send().await;
+    let _ = c.node(0).client().get(b"nope", Consistency::Linearizable).await;
     let r = cli(&["admin", "--endpoint", &c.admin_endpoints(&[0]), "snapshot"], None).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
-    let c = Cluster::start(3, &[]).await;
+    let c = cluster(3, &[]).await;
     exercise(&c).await;
-    let leader = c.leader_index().await.expect("leader");
+    let leader = c.leader().await.expect("leader");
+    let promtool = prometheus::find_tool("promtool").expect("promtool");
     for i in 0..3 {
         let text = scrape(&c, i).await;
-        let mut child = Command::new(tool("promtool"))
+        let mut child = Command::new(&promtool)
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -182,147 +171,56 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Prometheus {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Starts a Prometheus that scrapes `targets` every second, labelled as one cluster.
-    async fn start(dir: &std::path::Path, targets: &[String]) -> Prometheus {
-        let config = dir.join("prometheus.yml");
-        let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: raftkv\n    \
-                 static_configs:\n      - targets: [{list}]\n        labels:\n          namespace: local\n          cluster: test\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
-        let child = Command::new(tool("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let p = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = p
-                .http
-                .get(format!("{}/-/ready", p.url))
-                .send()
-                .await
-                .map(|r| r.status().is_success());
-            if ready.unwrap_or(false) {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready within 30s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// An instant query; returns the API's answer (status and data).
-    async fn query(&self, q: &str) -> Value {
-        self.http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", q)])
-            .send()
-            .await
-            .expect("query prometheus")
-            .json()
-            .await
-            .expect("prometheus answers JSON")
-    }
-
-    /// Values of an instant vector query.
-    async fn values(&self, q: &str) -> Vec<f64> {
-        let v = self.query(q).await;
-        assert_eq!(v["status"], "success", "{q}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|s| s["value"][1].as_str()?.parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    async fn wait_for(&self, q: &str, ok: impl Fn(&[f64]) -> bool) -> Vec<f64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = self.values(q).await;
-            if ok(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{q} never satisfied the condition; last {v:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
 /// Every `expr` in the dashboard, with the template variables set for the test cluster.
-fn dashboard_queries() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/raftkv.json"))
-        .expect("read the dashboard");
-    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let mut out = Vec::new();
-    for panel in dash["panels"].as_array().expect("panels") {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().expect("expr").to_string();
-            let expr = expr
-                .replace("$namespace", "local")
-                .replace("$cluster", "test")
-                .replace("$__rate_interval", "15s");
-            out.push((panel["title"].as_str().unwrap_or("").to_string(), expr));
-        }
-    }
-    out
+fn dashboard_queries() -> Vec<PanelQuery> {
+    prometheus::dashboard_queries(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/raftkv.json")),
+        &[
+            ("$namespace", "local"),
+            ("$cluster", "test"),
+            ("$__rate_interval", "15s"),
+        ],
+    )
+    .expect("read the dashboard")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_cluster_and_the_dashboard_queries_work() {
-    let c = Cluster::start(3, &[]).await;
-    let targets: Vec<String> = c.nodes.iter().map(|n| n.http_addr.clone()).collect();
-    let prom = Prometheus::start(c.dir.path(), &targets).await;
+    let c = cluster(3, &[]).await;
+    let config = prometheus::Config::static_job(
+        "raftkv",
+        &c.http_addrs(),
+        &[("namespace", "local"), ("cluster", "test")],
+    );
+    let prom = Prometheus::start(c.dir(), &config).await.expect("prometheus starts");
 
-    prom.wait_for("up{job=\"raftkv\"}", |v| v.len() == 3 && v.iter().all(|x| *x == 1.0))
-        .await;
-    let leaders = prom.wait_for("raftkv_raft_is_leader == 1", |v| !v.is_empty()).await;
+    prom.wait_for("up{job=\"raftkv\"}", PROMETHEUS_WAIT, |v| {
+        v.len() == 3 && v.iter().all(|x| *x == 1.0)
+    })
+    .await
+    .expect("every node up");
+    let leaders = prom
+        .wait_for("raftkv_raft_is_leader == 1", PROMETHEUS_WAIT, |v| !v.is_empty())
+        .await
+        .expect("a leader");
     assert_eq!(leaders.len(), 1, "exactly one node reports is_leader");
-    assert_eq!(prom.values("sum(raftkv_raft_has_leader)").await, vec![3.0]);
+    assert_eq!(
+        prom.values("sum(raftkv_raft_has_leader)").await.expect("query"),
+        vec![3.0]
+    );
 
     // Writes show up as a rate.
-    let writer = common::Writer::start(targets.clone(), "p");
+    let writer = c.writer("p");
     exercise(&c).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    prom.wait_for(
+    for rate in [
         "sum(rate(raftkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"PUT\"}[15s]))",
-        |v| v.first().is_some_and(|x| *x > 0.0),
-    )
-    .await;
-    prom.wait_for("max(rate(raftkv_raft_proposals_committed_total[15s]))", |v| {
-        v.first().is_some_and(|x| *x > 0.0)
-    })
-    .await;
+        "max(rate(raftkv_raft_proposals_committed_total[15s]))",
+    ] {
+        prom.wait_for(rate, PROMETHEUS_WAIT, |v| v.first().is_some_and(|x| *x > 0.0))
+            .await
+            .expect("a rate above zero");
+    }
     writer.stop().await;
 
     // Every dashboard query parses and names only metrics a live node exposes.
@@ -350,19 +248,19 @@ async fn a_real_prometheus_scrapes_the_cluster_and_the_dashboard_queries_work() 
         }
         names
     };
-    let mut with_data: HashMap<String, bool> = HashMap::new();
-    for (title, expr) in dashboard_queries() {
-        for name in name_re(&expr) {
+    let queries = dashboard_queries();
+    for PanelQuery { title, expr } in &queries {
+        for name in name_re(expr) {
             assert!(
                 exposed.contains(&name),
                 "panel {title:?} uses {name}, which no node exposes"
             );
         }
-        let v = prom.query(&expr).await;
-        assert_eq!(v["status"], "success", "panel {title:?}: {expr}: {v}");
-        let has = v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
-        *with_data.entry(title).or_default() |= has;
     }
+    let with_data = prom
+        .panels_with_data(&queries)
+        .await
+        .expect("every dashboard query succeeds");
     for title in [
         "Leader",
         "Nodes with a leader",

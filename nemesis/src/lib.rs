@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use raftkv_client::model::ListItem;
+use raftkv_client::{Client, ListOptions};
 
 use cluster::Cluster;
 use history::{Consistency, Outcome, Recorder, Request};
@@ -63,8 +64,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
 
     let recorder = Arc::new(Recorder::new(Instant::now()));
     let shared = Arc::new(Shared {
-        endpoints: cluster.http_addrs(),
-        incarnations: cluster.incarnations.clone(),
+        clients: workload::clients(&cluster.nodes.http_addrs())?,
+        incarnations: cluster.incarnations(),
         recorder: recorder.clone(),
         keys: cfg.keys,
         stop: AtomicBool::new(false),
@@ -104,7 +105,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     if finals.len() < cfg.keys {
         problems.push(format!("only {} of {} final reads succeeded", finals.len(), cfg.keys));
     }
-    match converge(&mut cluster).await {
+    match converge(&mut cluster, &shared).await {
         Ok(()) => {}
         Err(e) => problems.push(format!("nodes did not converge: {e:#}")),
     }
@@ -127,7 +128,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     problems.extend(checks::lost_writes(&ops, &finals));
     let unavailable = checks::unavailability(&probed, &faults, end);
     if !problems.is_empty() {
-        std::fs::write(cfg.out.join("node-logs-tail.txt"), cluster.log_tails(200))?;
+        std::fs::write(cfg.out.join("node-logs-tail.txt"), cluster.nodes.log_tails(200))?;
     }
     Ok(Report {
         seed: cfg.seed,
@@ -143,14 +144,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
 
 /// One successful linearizable read of every key, recorded like any other operation.
 async fn final_reads(cluster: &Cluster, shared: &Shared, client: u32) -> BTreeMap<String, Option<String>> {
-    let http = workload::http_client();
     let mut finals = BTreeMap::new();
     for k in 0..shared.keys {
         let deadline = Instant::now() + Duration::from_secs(30);
         for attempt in 0.. {
-            let node = attempt % cluster.slots.len();
+            let node = attempt % cluster.len();
             let req = Request::Get(Consistency::Linearizable);
-            let op = workload::execute(&http, shared, client, node, k, req, None).await;
+            let op = workload::execute(shared, client, node, k, req, None).await;
             let result = match &op.outcome {
                 Outcome::Read(found) => Some(found.as_ref().map(|(v, _)| v.clone())),
                 _ => None,
@@ -171,14 +171,13 @@ async fn final_reads(cluster: &Cluster, shared: &Shared, client: u32) -> BTreeMa
 
 /// Waits until every node has applied the leader's last entry, then compares their states key
 /// by key (read locally on each node).
-async fn converge(cluster: &mut Cluster) -> anyhow::Result<()> {
+async fn converge(cluster: &mut Cluster, shared: &Shared) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let http = workload::http_client();
     loop {
         let mut applied = Vec::new();
-        for i in 0..cluster.slots.len() {
-            let s = cluster.status(i).await;
-            applied.push(s.and_then(|s| s["applied"]["index"].as_u64()));
+        for i in 0..cluster.len() {
+            let s = cluster.nodes.status(i).await;
+            applied.push(s.and_then(|s| s.applied.map(|p| p.index)));
         }
         let first = applied[0];
         if first.is_some() && applied.iter().all(|a| *a == first) {
@@ -190,16 +189,34 @@ async fn converge(cluster: &mut Cluster) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut states = Vec::new();
-    for s in &cluster.slots {
-        let url = format!("http://{}/v1/kv?consistency=stale&limit=10000", s.http_addr());
-        let body: Value = http.get(url).send().await?.json().await?;
-        let items = body["items"].clone();
-        states.push((s.name.clone(), items));
+    for (node, client) in cluster.nodes.nodes().iter().zip(&shared.clients) {
+        let items = local_state(client)
+            .await
+            .with_context(|| format!("reading the state of {}", node.name()))?;
+        states.push((node.name().to_string(), items));
     }
     for (name, items) in &states[1..] {
         if items != &states[0].1 {
-            bail!("{name} holds {items}, but {} holds {}", states[0].0, states[0].1);
+            bail!("{name} holds {items:?}, but {} holds {:?}", states[0].0, states[0].1);
         }
     }
     Ok(())
+}
+
+/// Every key a node holds, read from its own state (stale reads), page by page.
+async fn local_state(client: &Client) -> anyhow::Result<Vec<ListItem>> {
+    let mut items = Vec::new();
+    let mut options = ListOptions {
+        limit: Some(1000),
+        consistency: raftkv_client::Consistency::Stale,
+        ..ListOptions::default()
+    };
+    loop {
+        let page = client.list(&options).await?;
+        items.extend(page.items);
+        match page.next_start {
+            Some(next) => options.start = Some(next),
+            None => return Ok(items),
+        }
+    }
 }

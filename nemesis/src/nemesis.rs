@@ -11,6 +11,8 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
+use raftkv_client::Condition;
+
 use crate::cluster::Cluster;
 use crate::history::Recorder;
 use crate::partition::{Cut, Partition};
@@ -77,14 +79,17 @@ pub struct Fault {
     pub recovered: Option<Duration>,
 }
 
-/// How long the cluster may take to become whole again after a fault is healed.
+/// How long the cluster may take to become whole again after a fault is healed (and each wait
+/// of the cluster's own: a node's readiness, a membership change).
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(30);
+
+/// How long the probe write of [`Nemesis::wait_whole`] may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Nemesis<'a> {
     cluster: &'a mut Cluster,
     rng: StdRng,
     recorder: Arc<Recorder>,
-    probe: reqwest::Client,
 }
 
 impl<'a> Nemesis<'a> {
@@ -93,17 +98,13 @@ impl<'a> Nemesis<'a> {
             cluster,
             rng: StdRng::seed_from_u64(seed),
             recorder,
-            probe: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .unwrap_or_default(),
         }
     }
 
     /// Injects faults until `until` (run time), and at least one of each kind; stops early if
     /// the cluster does not recover.
     pub async fn run(&mut self, until: Duration) -> Vec<Fault> {
-        let n = self.cluster.slots.len();
+        let n = self.cluster.len();
         let mut first_round: Vec<FaultKind> = FaultKind::ALL.into_iter().filter(|k| k.applies_to(n)).collect();
         first_round.shuffle(&mut self.rng);
         first_round.reverse();
@@ -152,7 +153,7 @@ impl<'a> Nemesis<'a> {
     async fn leader(&mut self) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(l) = self.cluster.leader().await {
+            if let Some(l) = self.cluster.nodes.leader().await {
                 return Ok(l);
             }
             if Instant::now() >= deadline {
@@ -163,12 +164,12 @@ impl<'a> Nemesis<'a> {
     }
 
     fn describe(&self, i: usize) -> String {
-        let s = &self.cluster.slots[i];
-        format!("{} (id {})", s.name, s.node_id().unwrap_or(0))
+        let s = self.cluster.nodes.node(i);
+        format!("{} (id {})", s.name(), s.node_id().unwrap_or(0))
     }
 
     async fn inject(&mut self, kind: FaultKind) -> anyhow::Result<String> {
-        let n = self.cluster.slots.len();
+        let n = self.cluster.len();
         let leader = self.leader().await?;
         let hold = self.hold();
         match kind {
@@ -179,16 +180,16 @@ impl<'a> Nemesis<'a> {
                     self.follower(leader)
                 };
                 let what = self.describe(target);
-                self.cluster.kill(target);
+                self.cluster.nodes.node_mut(target).kill();
                 tokio::time::sleep(hold).await;
-                self.cluster.restart(target)?;
+                self.cluster.nodes.restart(target)?;
                 Ok(format!("SIGKILL {what}, restarted after {hold:?}"))
             }
             FaultKind::PauseLeader => {
                 let what = self.describe(leader);
-                self.cluster.pause(leader);
+                self.cluster.nodes.node_mut(leader).pause();
                 tokio::time::sleep(hold).await;
-                self.cluster.resume(leader);
+                self.cluster.nodes.node_mut(leader).resume();
                 Ok(format!("SIGSTOP {what} for {hold:?}"))
             }
             FaultKind::IsolateLeader | FaultKind::SplitMajority | FaultKind::Bridge => {
@@ -208,7 +209,7 @@ impl<'a> Nemesis<'a> {
                     Cut::Reject
                 };
                 let partition = Partition::split(&a, &b);
-                let nets = self.cluster.nets();
+                let nets = self.cluster.nets().to_vec();
                 let applied = partition.apply(&nets, cut);
                 if applied.is_ok() {
                     tokio::time::sleep(hold).await;
@@ -216,7 +217,7 @@ impl<'a> Nemesis<'a> {
                 partition.heal(&nets);
                 applied?;
                 let bridge = if kind == FaultKind::Bridge {
-                    format!(", {} bridges", self.cluster.slots[order[2]].name)
+                    format!(", {} bridges", self.cluster.nodes.node(order[2]).name())
                 } else {
                     String::new()
                 };
@@ -225,31 +226,28 @@ impl<'a> Nemesis<'a> {
                     self.names(&a),
                     self.names(&b),
                     cut.as_str(),
-                    self.cluster.slots[leader].name
+                    self.cluster.nodes.node(leader).name()
                 ))
             }
             FaultKind::Membership => {
                 let target = self.rng.random_range(0..n);
                 let what = self.describe(target);
-                let old = self.cluster.slots[target]
+                let node = self.cluster.nodes.node(target);
+                let old = node
                     .node_id()
-                    .ok_or_else(|| anyhow!("{} has no node id", self.cluster.slots[target].name))?;
-                let mut args = vec!["remove".to_string(), old.to_string()];
-                if n < 5 {
-                    args.push("--force".into());
-                }
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                self.cluster.admin(&args).await?;
+                    .ok_or_else(|| anyhow!("{} has no node id", node.name()))?;
+                // Below five voters, a removal leaves voters that tolerate no failure.
+                self.cluster.remove(old, n < 5).await?;
                 // A removed node notices and exits by itself.
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while self.cluster.slots[target].running() && Instant::now() < deadline {
+                while self.cluster.nodes.node_mut(target).is_running() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let exited = !self.cluster.slots[target].running();
-                self.cluster.wipe(target)?;
+                let exited = !self.cluster.nodes.node_mut(target).is_running();
+                self.cluster.nodes.node_mut(target).wipe()?;
                 tokio::time::sleep(hold / 2).await;
-                self.cluster.join(target)?;
-                self.cluster.wait_voters(n, RECOVERY_BOUND).await?;
+                self.cluster.nodes.join(target)?;
+                self.cluster.nodes.wait_voters(n).await?;
                 Ok(format!(
                     "removed {what} ({}), re-added as id {}",
                     if exited {
@@ -257,39 +255,39 @@ impl<'a> Nemesis<'a> {
                     } else {
                         "it did NOT exit; killed"
                     },
-                    self.cluster.slots[target].node_id().unwrap_or(0)
+                    self.cluster.nodes.node(target).node_id().unwrap_or(0)
                 ))
             }
             FaultKind::Wipe => {
                 let target = self.rng.random_range(0..n);
                 let what = self.describe(target);
-                let old = self.cluster.slots[target].node_id();
-                self.cluster.wipe(target)?;
+                let old = self.cluster.nodes.node(target).node_id();
+                self.cluster.nodes.node_mut(target).wipe()?;
                 tokio::time::sleep(hold).await;
-                self.cluster.join(target)?;
+                self.cluster.nodes.join(target)?;
                 // The new member joins beside the lost one, which is then removed.
-                self.cluster.wait_voters(n + 1, RECOVERY_BOUND).await?;
+                self.cluster.nodes.wait_voters(n + 1).await?;
                 if let Some(old) = old {
-                    self.cluster.admin(&["remove", &old.to_string()]).await?;
+                    self.cluster.remove(old, false).await?;
                 }
-                self.cluster.wait_voters(n, RECOVERY_BOUND).await?;
+                self.cluster.nodes.wait_voters(n).await?;
                 Ok(format!(
                     "SIGKILL {what} and wiped its data; rejoined as id {}, old member removed",
-                    self.cluster.slots[target].node_id().unwrap_or(0)
+                    self.cluster.nodes.node(target).node_id().unwrap_or(0)
                 ))
             }
         }
     }
 
     fn follower(&mut self, leader: usize) -> usize {
-        let others: Vec<usize> = (0..self.cluster.slots.len()).filter(|&i| i != leader).collect();
+        let others: Vec<usize> = (0..self.cluster.len()).filter(|&i| i != leader).collect();
         *others.choose(&mut self.rng).unwrap_or(&leader)
     }
 
     fn names(&self, slots: &[usize]) -> String {
         slots
             .iter()
-            .map(|&i| self.cluster.slots[i].name.as_str())
+            .map(|&i| self.cluster.nodes.node(i).name())
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -297,21 +295,22 @@ impl<'a> Nemesis<'a> {
     /// Waits until every slot runs, exactly the slots' nodes are voters, and a write succeeds.
     pub async fn wait_whole(&mut self, bound: Duration) -> bool {
         let deadline = Instant::now() + bound;
-        let n = self.cluster.slots.len();
+        let n = self.cluster.len();
         loop {
             // A fault that failed half-way must not leave a node stopped or paused.
             for i in 0..n {
-                if self.cluster.slots[i].paused {
-                    self.cluster.resume(i);
+                let node = self.cluster.nodes.node_mut(i);
+                if node.is_paused() {
+                    node.resume();
                 }
-                if !self.cluster.slots[i].running() {
-                    let started = if self.cluster.slots[i].node_id().is_some() {
-                        self.cluster.restart(i)
+                if !node.is_running() {
+                    let started = if node.node_id().is_some() {
+                        self.cluster.nodes.restart(i)
                     } else {
-                        self.cluster.join(i)
+                        self.cluster.nodes.join(i)
                     };
                     if let Err(e) = started {
-                        eprintln!("cannot restart {}: {e:#}", self.cluster.slots[i].name);
+                        eprintln!("cannot restart {}: {e:#}", self.cluster.nodes.node(i).name());
                     }
                 }
             }
@@ -326,19 +325,19 @@ impl<'a> Nemesis<'a> {
     }
 
     async fn whole(&mut self) -> bool {
-        let Some((mut voters, false)) = self.cluster.voters().await else {
+        let Some((mut voters, false)) = self.cluster.nodes.voters().await else {
             return false;
         };
-        let mut ids: Vec<u64> = self.cluster.slots.iter().filter_map(|s| s.node_id()).collect();
+        let mut ids: Vec<u64> = self.cluster.nodes.nodes().iter().filter_map(|s| s.node_id()).collect();
         voters.sort_unstable();
         ids.sort_unstable();
         if voters != ids {
             return false;
         }
-        let Some(l) = self.cluster.leader().await else {
+        let Some(l) = self.cluster.nodes.leader().await else {
             return false;
         };
-        let url = format!("http://{}/v1/kv/nemesis-probe", self.cluster.slots[l].http_addr());
-        matches!(self.probe.put(url).body("ok").send().await, Ok(r) if r.status().is_success())
+        let probe = self.cluster.nodes.node(l).client().with_timeout(PROBE_TIMEOUT);
+        probe.put(b"nemesis-probe", "ok", Condition::None).await.is_ok()
     }
 }

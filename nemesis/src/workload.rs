@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftkv_client::{Client, Condition, Error};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::{Method, StatusCode};
-use serde_json::Value;
 
 use crate::history::{Consistency, Op, Outcome, Recorder, Request};
 
 /// What every client shares.
 pub struct Shared {
-    pub endpoints: Vec<String>,
-    pub incarnations: Arc<Vec<AtomicU32>>,
+    /// One client per node slot, in slot order.
+    pub clients: Vec<Client>,
+    pub incarnations: Vec<Arc<AtomicU32>>,
     pub recorder: Arc<Recorder>,
     pub keys: usize,
     pub stop: AtomicBool,
@@ -33,25 +33,34 @@ pub fn key_name(k: usize) -> String {
     format!("k{k}")
 }
 
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// One client per HTTP address, all without a connection pool: a fresh connection per
+/// request, because a pooled connection to a killed or paused node would turn certain failures
+/// (connection refused) into unknown outcomes.
+pub fn clients(http_addrs: &[String]) -> anyhow::Result<Vec<Client>> {
+    let http = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(Duration::from_secs(1))
-        // A fresh connection per request: a pooled connection to a killed or paused node would
-        // turn certain failures (connection refused) into unknown outcomes.
         .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_default()
+        .build()?;
+    let mut out = Vec::new();
+    for addr in http_addrs {
+        out.push(
+            Client::builder(addr)
+                .http_client(http.clone())
+                .timeout(TIMEOUT)
+                .build()?,
+        );
+    }
+    Ok(out)
 }
 
 /// Runs one client until `shared.stop`.
 pub async fn client(id: u32, seed: u64, shared: Arc<Shared>) {
-    let http = http_client();
     let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 32));
     // What this client last saw of each key: the value and its revision, for CAS.
     let mut seen: HashMap<usize, Option<(String, u64)>> = HashMap::new();
     let mut n = 0u64;
-    let nodes = shared.endpoints.len();
+    let nodes = shared.clients.len();
     let mut node = id as usize % nodes;
     while !shared.stop.load(Ordering::Relaxed) {
         let k = rng.random_range(0..shared.keys);
@@ -75,7 +84,7 @@ pub async fn client(id: u32, seed: u64, shared: Arc<Shared>) {
                 _ => (Request::Cas { expect: None, value }, None),
             },
         };
-        let op = execute(&http, &shared, id, node, k, request, revision).await;
+        let op = execute(&shared, id, node, k, request, revision).await;
         match (&op.request, &op.outcome) {
             (_, Outcome::Read(found)) => {
                 seen.insert(k, found.clone());
@@ -99,7 +108,6 @@ pub async fn client(id: u32, seed: u64, shared: Arc<Shared>) {
 
 /// Sends one request and classifies the answer.
 pub async fn execute(
-    http: &reqwest::Client,
     shared: &Shared,
     client: u32,
     node: usize,
@@ -108,27 +116,33 @@ pub async fn execute(
     cas_revision: Option<u64>,
 ) -> Op {
     let key = key_name(k);
-    let base = format!("http://{}/v1/kv/{key}", shared.endpoints[node]);
-    let builder = match &request {
-        Request::Get(c) => http.get(format!("{base}?consistency={}", c.as_str())),
-        Request::Put { value } => http.request(Method::PUT, &base).body(value.clone()),
-        Request::Delete => http.delete(&base),
-        Request::Cas { value, .. } => {
-            let b = http.request(Method::PUT, &base).body(value.clone());
-            match cas_revision {
-                Some(rev) => b.header("if-match", format!("\"{rev}\"")),
-                None => b.header("if-none-match", "*"),
-            }
-        }
-    };
+    let http = &shared.clients[node];
     let incarnation = shared.incarnations[node].load(Ordering::SeqCst);
     let id = shared.recorder.next_id();
     let call = shared.recorder.now();
-    let outcome = match builder.send().await {
-        Ok(resp) => classify(&request, resp).await,
-        Err(e) if e.is_connect() => Outcome::Failed(format!("connect: {e}")),
-        Err(e) if e.is_timeout() => Outcome::Unknown("timeout".into()),
-        Err(e) => Outcome::Unknown(format!("transport: {e}")),
+    let outcome = match &request {
+        Request::Get(c) => match http.get(key.as_bytes(), consistency(*c)).await {
+            Ok(found) => Outcome::Read(found.map(|v| (String::from_utf8_lossy(&v.value).into_owned(), v.revision))),
+            Err(e) => failure(&request, e),
+        },
+        Request::Put { value } => match http.put(key.as_bytes(), value.clone(), Condition::None).await {
+            Ok(w) => Outcome::Written { revision: w.revision },
+            Err(e) => failure(&request, e),
+        },
+        Request::Delete => match http.delete(key.as_bytes(), Condition::None).await {
+            Ok(d) => Outcome::Deleted { existed: d.deleted },
+            Err(e) => failure(&request, e),
+        },
+        Request::Cas { value, .. } => {
+            let condition = match cas_revision {
+                Some(rev) => Condition::IfMatch(rev),
+                None => Condition::IfAbsent,
+            };
+            match http.put(key.as_bytes(), value.clone(), condition).await {
+                Ok(w) => Outcome::Written { revision: w.revision },
+                Err(e) => failure(&request, e),
+            }
+        }
     };
     // An unknown outcome has no return: the operation may take effect at any later time.
     let ret = match &outcome {
@@ -148,42 +162,31 @@ pub async fn execute(
     }
 }
 
-async fn classify(request: &Request, resp: reqwest::Response) -> Outcome {
-    let status = resp.status();
-    let revision = resp
-        .headers()
-        .get("x-raftkv-revision")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let Ok(body) = resp.bytes().await else {
-        return Outcome::Unknown(format!("{status}: body lost"));
-    };
-    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let code = json["error"]["code"].as_str().unwrap_or("").to_string();
-    match (request, status) {
-        (Request::Get(_), StatusCode::OK) => match revision {
-            Some(rev) => Outcome::Read(Some((String::from_utf8_lossy(&body).into_owned(), rev))),
-            None => Outcome::Unknown("read answered without a revision".into()),
-        },
-        (Request::Get(_), StatusCode::NOT_FOUND) if code == "key_not_found" => Outcome::Read(None),
-        (Request::Delete, StatusCode::OK) => Outcome::Deleted {
-            existed: json["deleted"] == true,
-        },
-        (Request::Put { .. }, StatusCode::OK) => match json["revision"].as_u64() {
-            Some(revision) => Outcome::Written { revision },
-            None => Outcome::Unknown(format!("write answered without a revision: {json}")),
-        },
-        (Request::Cas { .. }, StatusCode::OK) => match json["revision"].as_u64() {
-            Some(revision) => Outcome::Written { revision },
-            None => Outcome::Unknown(format!("write answered without a revision: {json}")),
-        },
-        (Request::Cas { .. }, StatusCode::PRECONDITION_FAILED) => Outcome::Refused,
+fn consistency(c: Consistency) -> raftkv_client::Consistency {
+    match c {
+        Consistency::Linearizable => raftkv_client::Consistency::Linearizable,
+        Consistency::Lease => raftkv_client::Consistency::Lease,
+        Consistency::Stale => raftkv_client::Consistency::Stale,
+    }
+}
+
+/// What a failed request tells about its fate: certainly not executed, refused by its
+/// precondition, or unknown.
+fn failure(request: &Request, e: Error) -> Outcome {
+    match e {
+        Error::NotSent { reason, .. } => Outcome::Failed(format!("connect: {reason}")),
+        Error::Timeout { .. } => Outcome::Unknown("timeout".into()),
+        Error::Api { status: 412, .. } if matches!(request, Request::Cas { .. }) => Outcome::Refused,
         // The API promises these were refused before any leader saw them.
-        (_, StatusCode::SERVICE_UNAVAILABLE) if matches!(code.as_str(), "no_leader" | "not_leader" | "removed") => {
+        Error::Api { status: 503, code, .. } if matches!(code.as_str(), "no_leader" | "not_leader" | "removed") => {
             Outcome::Failed(code)
         }
-        (_, s) if s.is_client_error() => Outcome::Failed(format!("{s}: {code}")),
-        (_, s) => Outcome::Unknown(format!("{s}: {code}")),
+        Error::Api { status, code, .. } if (400..500).contains(&status) => Outcome::Failed(format!("{status}: {code}")),
+        Error::Api { status, code, .. } => Outcome::Unknown(format!("{status}: {code}")),
+        // An answer that is not what the API sends (a read without a revision, a write
+        // without one): it may have been executed.
+        Error::Decode { reason, .. } => Outcome::Unknown(format!("answer: {reason}")),
+        e => Outcome::Unknown(format!("transport: {e}")),
     }
 }
 
@@ -191,22 +194,16 @@ async fn classify(request: &Request, resp: reqwest::Response) -> Outcome {
 /// each putting its own key (outside the checked key set) every 50 ms with a short timeout.
 /// Returns when `shared.stop` is set, with the times of all successful writes.
 pub async fn probe(shared: Arc<Shared>) -> Vec<std::time::Duration> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_default();
-    let tasks: Vec<_> = (0..shared.endpoints.len())
+    let tasks: Vec<_> = (0..shared.clients.len())
         .map(|i| {
-            let (http, shared) = (http.clone(), shared.clone());
+            let shared = shared.clone();
+            let http = shared.clients[i].with_timeout(Duration::from_secs(1));
             tokio::spawn(async move {
-                let url = format!("http://{}/v1/kv/probe-n{i}", shared.endpoints[i]);
+                let key = format!("probe-n{i}");
                 let mut ok = Vec::new();
                 while !shared.stop.load(Ordering::Relaxed) {
-                    if let Ok(r) = http.put(&url).body("p").send().await {
-                        if r.status().is_success() {
-                            ok.push(shared.recorder.now());
-                        }
+                    if http.put(key.as_bytes(), "p", Condition::None).await.is_ok() {
+                        ok.push(shared.recorder.now());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -1,15 +1,18 @@
 //! raftkv-operator: runs `RaftCluster` resources as correctly-membered raftkv clusters.
 //!
 //! [`reconcile`] observes the cluster (API server and the nodes' admin service), asks the pure
-//! [`planner`] for the one next action, applies the owned objects built by [`children`], acts
-//! through [`nodes`], and writes the status built by [`status`].
+//! planner for the one next action, applies the owned objects it builds from the spec, acts
+//! through [`nodes`], and writes the status. It talks to the nodes only through
+//! `raftkv-client`, so it builds without the server.
 
-pub mod children;
+mod children;
 pub mod crd;
-pub mod leader;
+mod http_server;
+mod leader;
 pub mod metrics;
+mod names;
 pub mod nodes;
-pub mod planner;
+mod planner;
 pub mod reconcile;
 pub mod run;
-pub mod status;
+mod status;

@@ -1,12 +1,12 @@
 //! Talking to the raftkv nodes: their admin gRPC service (`raftkv.admin.v1`), the one way the
 //! operator changes a cluster. Behind a trait, so that reconcile tests can use a fake.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use raftkv::pb::admin as pb;
-use raftkv::pb::admin::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use raftkv_client::{pb, Admin};
 
 /// The admin calls the operator makes. Errors are human-readable strings that end up in
 /// Events and status conditions.
@@ -21,109 +21,96 @@ pub trait Nodes: Send + Sync + 'static {
     fn transfer_leadership(&self, addr: String, to: u64) -> BoxFuture<'static, Result<String, String>>;
 }
 
-/// The real thing, over gRPC.
+/// How many pod addresses keep a connection. Pod IPs change as pods are recreated, so old
+/// addresses pile up in `PodIp` mode; past this many the cache starts afresh.
+const MAX_KEPT: usize = 256;
+
+/// The real thing, over gRPC: one kept admin connection per pod address, reused by every
+/// reconcile (the channel reconnects by itself when a pod restarts).
 pub struct GrpcNodes {
-    pub timeout: Duration,
+    timeout: Duration,
+    admins: Mutex<HashMap<String, Arc<Admin>>>,
 }
 
 impl GrpcNodes {
-    async fn client(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, String> {
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("{addr}: bad address: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect()
-            .await
-            .map_err(|e| format!("{addr}: cannot connect: {e}"))?;
-        Ok(AdminClient::new(ch))
+    /// `timeout` bounds each call (an add-voter's catch-up wait comes on top).
+    pub fn new(timeout: Duration) -> GrpcNodes {
+        GrpcNodes {
+            timeout,
+            admins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The kept connection to `addr`, made on first use.
+    fn admin(&self, addr: &str) -> Result<Arc<Admin>, String> {
+        // The map is a cache: whatever a panicking holder left in it is still valid.
+        let mut admins = self.admins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = admins.get(addr) {
+            return Ok(a.clone());
+        }
+        if admins.len() >= MAX_KEPT {
+            admins.clear();
+        }
+        let admin = Arc::new(Admin::new(addr).map_err(text)?.timeout(self.timeout));
+        admins.insert(addr.to_string(), admin.clone());
+        Ok(admin)
+    }
+
+    /// Runs `call` on the kept connection to `addr`.
+    fn on<T, F, Fut>(&self, addr: String, call: F) -> BoxFuture<'static, Result<T, String>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Admin>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, raftkv_client::Error>> + Send + 'static,
+    {
+        let admin = self.admin(&addr);
+        Box::pin(async move { call(admin?).await.map_err(text) })
     }
 }
 
-fn err(addr: &str, s: tonic::Status) -> String {
-    format!("{addr}: {}", s.message())
+/// An error as Events show it: the endpoint and the node's own words.
+fn text(e: raftkv_client::Error) -> String {
+    match e {
+        raftkv_client::Error::Rpc { endpoint, message, .. } => format!("{endpoint}: {message}"),
+        e => e.to_string(),
+    }
 }
 
 impl Nodes for GrpcNodes {
     fn status(&self, addr: String) -> BoxFuture<'static, Result<pb::StatusResponse, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.status(pb::StatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| err(&addr, s))
-        })
+        self.on(addr, |a| async move { a.status().await })
     }
 
     fn members(&self, addr: String) -> BoxFuture<'static, Result<pb::MembersResponse, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.members(pb::MembersRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| err(&addr, s))
-        })
+        self.on(addr, |a| async move { a.members().await })
     }
 
     fn initialize(&self, addr: String, members: Vec<pb::Member>) -> BoxFuture<'static, Result<String, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.initialize(pb::InitializeRequest { members })
-                .await
-                .map(|r| r.into_inner().message)
-                .map_err(|s| err(&addr, s))
-        })
+        self.on(addr, |a| async move { a.initialize(members).await.map(|r| r.message) })
     }
 
     fn add_learner(&self, addr: String, req: pb::AddMemberRequest) -> BoxFuture<'static, Result<String, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.add_learner(req)
-                .await
-                .map(|r| r.into_inner().message)
-                .map_err(|s| err(&addr, s))
-        })
+        self.on(addr, |a| async move { a.add_learner(req).await.map(|r| r.message) })
     }
 
     fn promote(&self, addr: String, req: pb::AddMemberRequest) -> BoxFuture<'static, Result<String, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            let mut stream = c.add_voter(req).await.map_err(|s| err(&addr, s))?.into_inner();
-            while let Some(p) = stream.message().await.map_err(|s| err(&addr, s))? {
-                if let Some(r) = p.result {
-                    return Ok(r.message);
-                }
-            }
-            Err(format!("{addr}: add-voter ended without a result"))
+        self.on(addr, |a| async move {
+            a.add_voter_until_done(req, |_| {}).await.map(|r| r.message)
         })
     }
 
     fn remove(&self, addr: String, id: u64, force: bool) -> BoxFuture<'static, Result<String, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.remove_member(pb::RemoveMemberRequest { id, force })
-                .await
-                .map(|r| r.into_inner().message)
-                .map_err(|s| err(&addr, s))
+        self.on(addr, move |a| async move {
+            a.remove_member(id, force).await.map(|r| r.message)
         })
     }
 
     fn transfer_leadership(&self, addr: String, to: u64) -> BoxFuture<'static, Result<String, String>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            let mut c = Self::client(&addr, t).await?;
-            c.transfer_leadership(pb::TransferLeadershipRequest { to })
+        let to = (to != 0).then_some(to);
+        self.on(addr, move |a| async move {
+            a.transfer_leadership(to)
                 .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    format!("leadership moved from {} to {}", r.old_leader, r.new_leader)
-                })
-                .map_err(|s| err(&addr, s))
+                .map(|r| format!("leadership moved from {} to {}", r.old_leader, r.new_leader))
         })
     }
 }

@@ -155,162 +155,190 @@ pub fn safe_to_remove(c: &ClusterView, id: u64) -> bool {
     healthy > rest.len() / 2
 }
 
+/// The one next step for the cluster `o` describes. The steps are tried in the order of the
+/// module's rules; the first that has something to do decides.
 pub fn plan(o: &Observed) -> Plan {
-    let current = o.sts_replicas.unwrap_or(0);
     if !o.initialized {
-        return Plan {
-            sts_replicas: 1,
-            action: match o.pods.get(&0) {
-                Some(p) if p.running && p.node.is_some() => Action::Initialize { ordinal: 0 },
-                Some(p) if p.running => Action::Wait(format!("waiting for {} to answer on its admin port", p.name)),
-                _ => Action::Wait("waiting for pod 0 to run".into()),
-            },
-        };
+        return bootstrap(o);
     }
     let Some(c) = &o.cluster else {
         return Plan {
-            sts_replicas: current.max(1),
+            sts_replicas: o.sts_replicas.unwrap_or(0).max(1),
             action: Action::Wait("no leader can be reached; waiting for an election".into()),
         };
     };
-    let desired = o.desired.max(1);
-    let by_ordinal: BTreeMap<u32, &Member> = c.members.iter().filter_map(|m| Some((m.ordinal?, m))).collect();
-    let member_ids: BTreeSet<u64> = c.members.iter().map(|m| m.id).collect();
-    let highest = by_ordinal.keys().next_back().map_or(0, |o| o + 1);
-    let keep = |n: u32| n.max(highest).max(1);
-
+    let s = Sizes::of(o, c);
     if c.joint {
         return Plan {
-            sts_replicas: keep(current.min(desired.max(highest))),
+            sts_replicas: s.keep(s.current.min(s.desired.max(s.highest))),
             action: Action::Wait("a membership change is in progress".into()),
         };
     }
+    newcomers(o, c, &s)
+        .or_else(|| learners(c, &s))
+        .or_else(|| scale_down(o, c, &s))
+        .or_else(|| scale_up(o, &s))
+        .unwrap_or_else(|| settle(o, &s))
+}
 
-    // Pods whose node is not a member.
+/// No node knows a cluster yet: pod 0 alone, initialized as soon as it answers.
+fn bootstrap(o: &Observed) -> Plan {
+    Plan {
+        sts_replicas: 1,
+        action: match o.pods.get(&0) {
+            Some(p) if p.running && p.node.is_some() => Action::Initialize { ordinal: 0 },
+            Some(p) if p.running => Action::Wait(format!("waiting for {} to answer on its admin port", p.name)),
+            _ => Action::Wait("waiting for pod 0 to run".into()),
+        },
+    }
+}
+
+/// The sizes every step works from.
+struct Sizes<'a> {
+    /// The StatefulSet's replicas now (0 if it does not exist).
+    current: u32,
+    /// The replicas the spec asks for (at least 1).
+    desired: u32,
+    /// The members that live in one of our pods, by ordinal.
+    by_ordinal: BTreeMap<u32, &'a Member>,
+    member_ids: BTreeSet<u64>,
+    /// One past the highest ordinal that holds a member.
+    highest: u32,
+}
+
+impl<'a> Sizes<'a> {
+    fn of(o: &Observed, c: &'a ClusterView) -> Sizes<'a> {
+        let by_ordinal: BTreeMap<u32, &Member> = c.members.iter().filter_map(|m| Some((m.ordinal?, m))).collect();
+        Sizes {
+            current: o.sts_replicas.unwrap_or(0),
+            desired: o.desired.max(1),
+            highest: by_ordinal.keys().next_back().map_or(0, |o| o + 1),
+            member_ids: c.members.iter().map(|m| m.id).collect(),
+            by_ordinal,
+        }
+    }
+
+    /// The StatefulSet never shrinks below a pod that still holds a member.
+    fn keep(&self, n: u32) -> u32 {
+        n.max(self.highest).max(1)
+    }
+
+    /// `action`, with the StatefulSet left as it is.
+    fn hold(&self, action: Action) -> Plan {
+        Plan {
+            sts_replicas: self.keep(self.current),
+            action,
+        }
+    }
+}
+
+/// Pods whose node is not a member: a replacement of the member the pod held before, a
+/// leftover volume to reset, or a new node to add as a learner.
+fn newcomers(o: &Observed, c: &ClusterView, s: &Sizes) -> Option<Plan> {
     for (&ord, pod) in &o.pods {
         let Some(node) = &pod.node else { continue };
-        if ord >= desired || !pod.running || pod.terminating || member_ids.contains(&node.id) {
+        if ord >= s.desired || !pod.running || pod.terminating || s.member_ids.contains(&node.id) {
             continue;
         }
-        if let Some(stale) = by_ordinal.get(&ord).filter(|m| m.id != node.id) {
-            // The pod lost its disk and came back as a new node: the old member is gone.
-            if !safe_to_remove(c, stale.id) && stale.voter {
-                return Plan {
-                    sts_replicas: keep(current),
-                    action: Action::Blocked(format!(
-                        "{} came back with an empty disk, but removing its old member {} would leave no quorum of healthy voters",
-                        pod.name, stale.id
-                    )),
-                };
-            }
-            return Plan {
-                sts_replicas: keep(current),
-                action: Action::RemoveMember {
-                    id: stale.id,
-                    ordinal: Some(ord),
-                    reason: RemoveReason::Replaced,
-                },
-            };
+        if let Some(stale) = s.by_ordinal.get(&ord).filter(|m| m.id != node.id) {
+            return Some(replace(c, s, pod, ord, stale));
         }
         if node.has_membership && !node.member_of_own_view {
             // A volume left over from a member that was removed: it can never rejoin as is.
-            return Plan {
-                sts_replicas: keep(current),
-                action: Action::ResetPod { ordinal: ord },
-            };
+            return Some(s.hold(Action::ResetPod { ordinal: ord }));
         }
         if !node.has_membership {
-            return Plan {
-                sts_replicas: keep(current.max(ord + 1)),
+            return Some(Plan {
+                sts_replicas: s.keep(s.current.max(ord + 1)),
                 action: Action::AddLearner {
                     ordinal: ord,
                     id: node.id,
                 },
-            };
+            });
         }
     }
+    None
+}
 
-    // Learners: promote the caught-up ones that belong, remove the ones that do not.
-    for m in c.members.iter().filter(|m| !m.voter) {
-        match m.ordinal {
-            Some(ord) if ord < desired => {
-                if m.lag.is_some_and(|l| l <= PROMOTE_LAG) && m.healthy {
-                    return Plan {
-                        sts_replicas: keep(current),
-                        action: Action::Promote { ordinal: ord, id: m.id },
-                    };
-                }
-                return Plan {
-                    sts_replicas: keep(current),
-                    action: Action::Wait(format!("learner {} is catching up", m.id)),
-                };
-            }
-            Some(ord) => {
-                return Plan {
-                    sts_replicas: keep(current),
-                    action: Action::RemoveMember {
-                        id: m.id,
-                        ordinal: Some(ord),
-                        reason: RemoveReason::ScaleDown,
-                    },
-                }
-            }
-            None => {}
-        }
+/// The pod at `ord` lost its disk and came back as a new node: the old member is gone for
+/// good and is removed, if the healthy voters left keep a quorum.
+fn replace(c: &ClusterView, s: &Sizes, pod: &PodState, ord: u32, stale: &Member) -> Plan {
+    if !safe_to_remove(c, stale.id) && stale.voter {
+        return s.hold(Action::Blocked(format!(
+            "{} came back with an empty disk, but removing its old member {} would leave no quorum of healthy voters",
+            pod.name, stale.id
+        )));
     }
+    s.hold(Action::RemoveMember {
+        id: stale.id,
+        ordinal: Some(ord),
+        reason: RemoveReason::Replaced,
+    })
+}
 
-    // Scale down: the highest ordinal first.
-    if let Some((&ord, victim)) = by_ordinal.iter().rev().find(|(o, _)| **o >= desired) {
-        if victim.id == c.leader {
-            return Plan {
-                sts_replicas: keep(current),
-                action: Action::TransferLeadership { from: victim.id },
-            };
-        }
-        if victim.voter && !safe_to_remove(c, victim.id) {
-            return Plan {
-                sts_replicas: keep(current),
-                action: Action::Wait(format!(
-                    "not removing member {} ({}): the healthy voters left would not be a quorum",
-                    victim.id,
-                    o.pods.get(&ord).map_or("no pod", |p| p.name.as_str())
-                )),
-            };
-        }
-        return Plan {
-            sts_replicas: keep(current),
-            action: Action::RemoveMember {
-                id: victim.id,
-                ordinal: Some(ord),
-                reason: RemoveReason::ScaleDown,
-            },
-        };
-    }
+/// Learners: promote the caught-up ones that belong, wait for the others, remove the ones
+/// beyond the desired size.
+fn learners(c: &ClusterView, s: &Sizes) -> Option<Plan> {
+    c.members.iter().filter(|m| !m.voter).find_map(|m| match m.ordinal {
+        Some(ord) if ord < s.desired => Some(if m.lag.is_some_and(|l| l <= PROMOTE_LAG) && m.healthy {
+            s.hold(Action::Promote { ordinal: ord, id: m.id })
+        } else {
+            s.hold(Action::Wait(format!("learner {} is catching up", m.id)))
+        }),
+        Some(ord) => Some(s.hold(Action::RemoveMember {
+            id: m.id,
+            ordinal: Some(ord),
+            reason: RemoveReason::ScaleDown,
+        })),
+        None => None,
+    })
+}
 
-    // Scale up: one pod at a time, the lowest missing ordinal.
-    if let Some(next) = (0..desired).find(|o| !by_ordinal.contains_key(o)) {
-        let target = keep(next + 1);
-        return Plan {
-            sts_replicas: target,
-            action: match o.pods.get(&next) {
-                None => Action::Wait(format!("waiting for pod {next} to be created")),
-                Some(p) if !p.running || p.terminating => Action::Wait(format!("waiting for {} to run", p.name)),
-                Some(p) => Action::Wait(format!("waiting for {} to answer on its admin port", p.name)),
-            },
-        };
+/// Scale down: the highest ordinal first, leadership handed away before its member goes.
+fn scale_down(o: &Observed, c: &ClusterView, s: &Sizes) -> Option<Plan> {
+    let (&ord, victim) = s.by_ordinal.iter().rev().find(|(o, _)| **o >= s.desired)?;
+    if victim.id == c.leader {
+        return Some(s.hold(Action::TransferLeadership { from: victim.id }));
     }
+    if victim.voter && !safe_to_remove(c, victim.id) {
+        return Some(s.hold(Action::Wait(format!(
+            "not removing member {} ({}): the healthy voters left would not be a quorum",
+            victim.id,
+            o.pods.get(&ord).map_or("no pod", |p| p.name.as_str())
+        ))));
+    }
+    Some(s.hold(Action::RemoveMember {
+        id: victim.id,
+        ordinal: Some(ord),
+        reason: RemoveReason::ScaleDown,
+    }))
+}
 
-    let target = keep(desired);
-    // Volumes of ordinals a scale-down removed: their data can never rejoin.
-    if let Some(&ord) = o.pvcs.iter().find(|ord| **ord >= target && !o.pods.contains_key(ord)) {
-        return Plan {
-            sts_replicas: target,
-            action: Action::DeletePvc { ordinal: ord },
-        };
-    }
+/// Scale up: one pod at a time, the lowest missing ordinal; its node is added once it
+/// answers (see [`newcomers`]).
+fn scale_up(o: &Observed, s: &Sizes) -> Option<Plan> {
+    let next = (0..s.desired).find(|o| !s.by_ordinal.contains_key(o))?;
+    Some(Plan {
+        sts_replicas: s.keep(next + 1),
+        action: match o.pods.get(&next) {
+            None => Action::Wait(format!("waiting for pod {next} to be created")),
+            Some(p) if !p.running || p.terminating => Action::Wait(format!("waiting for {} to run", p.name)),
+            Some(p) => Action::Wait(format!("waiting for {} to answer on its admin port", p.name)),
+        },
+    })
+}
+
+/// Every member in place: the StatefulSet at the desired size, and the volumes of ordinals a
+/// scale-down removed deleted (their data can never rejoin).
+fn settle(o: &Observed, s: &Sizes) -> Plan {
+    let target = s.keep(s.desired);
+    let action = match o.pvcs.iter().find(|ord| **ord >= target && !o.pods.contains_key(ord)) {
+        Some(&ord) => Action::DeletePvc { ordinal: ord },
+        None => Action::Steady,
+    };
     Plan {
         sts_replicas: target,
-        action: Action::Steady,
+        action,
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -19,6 +18,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 
 use crate::crd::RaftCluster;
+use crate::http_server;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::OperatorMetrics;
 use crate::nodes::GrpcNodes;
@@ -66,7 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot build a Kubernetes client (in-cluster config or kubeconfig)")?;
     let metrics = Arc::new(OperatorMetrics::new().context("registering metrics")?);
     let ready = Arc::new(AtomicBool::new(false));
-    serve_http(args.metrics_addr, metrics.clone(), ready.clone()).await?;
+    http_server::serve(args.metrics_addr, metrics.clone(), ready.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
     if args.leader_election {
@@ -117,9 +117,7 @@ async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=raftkv-operator");
     let ctx = Arc::new(Context {
         client: client.clone(),
-        nodes: Arc::new(GrpcNodes {
-            timeout: Duration::from_secs(args.node_timeout),
-        }),
+        nodes: Arc::new(GrpcNodes::new(Duration::from_secs(args.node_timeout))),
         cluster_domain: args.cluster_domain.clone(),
         address_mode: args.address_mode,
         metrics,
@@ -158,29 +156,4 @@ async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics
             }
         })
         .await;
-}
-
-async fn serve_http(addr: SocketAddr, metrics: Arc<OperatorMetrics>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let app = axum::Router::new()
-        .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                if ready.load(Ordering::Relaxed) {
-                    (axum::http::StatusCode::OK, "ready")
-                } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
 }

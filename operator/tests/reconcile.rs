@@ -8,7 +8,7 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
-use raftkv::pb::admin as pb;
+use raftkv_client::pb;
 use raftkv_operator::crd::RaftCluster;
 use raftkv_operator::metrics::OperatorMetrics;
 use raftkv_operator::nodes::Nodes;
@@ -268,14 +268,25 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_new_cluster_gets_its_objects_and_a_one_pod_statefulset() {
-    let (client, calls) = fake_api(World::default());
-    let nodes = Arc::new(FakeNodes::default());
-    reconcile(cluster(3), context(client, nodes.clone()))
+/// One successful reconcile of a cluster that wants `replicas`, against `world` and nodes whose
+/// members are `members`: the API calls it made, and the membership calls.
+async fn reconcile_once(replicas: i32, world: World, members: &[(u32, bool)]) -> (Vec<Call>, Vec<String>) {
+    let (client, calls) = fake_api(world);
+    let nodes = Arc::new(FakeNodes {
+        members: members.to_vec(),
+        ..Default::default()
+    });
+    reconcile(cluster(replicas), context(client, nodes.clone()))
         .await
         .expect("reconcile");
-    let calls = calls.lock().unwrap().clone();
+    let api_calls = calls.lock().unwrap().clone();
+    let node_calls = nodes.calls.lock().unwrap().clone();
+    (api_calls, node_calls)
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_its_objects_and_a_one_pod_statefulset() {
+    let (calls, node_calls) = reconcile_once(3, World::default(), &[]).await;
     let paths: Vec<String> = calls
         .iter()
         .map(|c| format!("{} {}", c.method, c.path.split('?').next().unwrap()))
@@ -302,27 +313,17 @@ async fn a_new_cluster_gets_its_objects_and_a_one_pod_statefulset() {
     let status = &find(&calls, "PATCH", "/raftclusters/demo/status").body["status"];
     assert_eq!(status["phase"], "Pending");
     assert_eq!(condition(status, "Available")["reason"], "NotInitialized");
-    assert!(
-        nodes.calls.lock().unwrap().is_empty(),
-        "no membership call before pod 0 runs"
-    );
+    assert!(node_calls.is_empty(), "no membership call before pod 0 runs");
 }
 
 #[tokio::test]
 async fn pod_zero_running_is_bootstrapped_with_itself_as_the_only_member() {
-    let (client, calls) = fake_api(World {
+    let world = World {
         sts_replicas: Some(1),
         pods: vec![0],
-    });
-    let nodes = Arc::new(FakeNodes::default());
-    reconcile(cluster(3), context(client, nodes.clone()))
-        .await
-        .expect("reconcile");
-    assert_eq!(
-        *nodes.calls.lock().unwrap(),
-        [format!("initialize {} [100]", addr(0, 7000))]
-    );
-    let calls = calls.lock().unwrap().clone();
+    };
+    let (calls, node_calls) = reconcile_once(3, world, &[]).await;
+    assert_eq!(node_calls, [format!("initialize {} [100]", addr(0, 7000))]);
     let ev = find(&calls, "POST", "/events");
     assert_eq!(ev.body["reason"], "Initialize");
     let status = &find(&calls, "PATCH", "/raftclusters/demo/status").body["status"];
@@ -333,18 +334,12 @@ async fn pod_zero_running_is_bootstrapped_with_itself_as_the_only_member() {
 #[tokio::test]
 async fn scaling_up_adds_one_pod_then_its_node_as_learner() {
     // Three voters, five wanted: the StatefulSet grows to four, nothing else yet.
-    let (client, calls) = fake_api(World {
+    let voters = [(0, true), (1, true), (2, true)];
+    let world = World {
         sts_replicas: Some(3),
         pods: vec![0, 1, 2],
-    });
-    let nodes = Arc::new(FakeNodes {
-        members: vec![(0, true), (1, true), (2, true)],
-        ..Default::default()
-    });
-    reconcile(cluster(5), context(client, nodes.clone()))
-        .await
-        .expect("reconcile");
-    let calls_now = calls.lock().unwrap().clone();
+    };
+    let (calls_now, node_calls) = reconcile_once(5, world, &voters).await;
     assert_eq!(
         find(&calls_now, "PATCH", "/statefulsets/demo").body["spec"]["replicas"],
         4
@@ -354,41 +349,25 @@ async fn scaling_up_adds_one_pod_then_its_node_as_learner() {
     assert_eq!(condition(status, "Progressing")["reason"], "ScalingUp");
     assert_eq!(status["leader"], "demo-0");
     assert_eq!(status["replicas"], 3);
-    assert!(nodes.calls.lock().unwrap().is_empty());
+    assert!(node_calls.is_empty());
 
     // Pod 3 runs: its node becomes a learner.
-    let (client, _) = fake_api(World {
+    let world = World {
         sts_replicas: Some(4),
         pods: vec![0, 1, 2, 3],
-    });
-    let nodes = Arc::new(FakeNodes {
-        members: vec![(0, true), (1, true), (2, true)],
-        ..Default::default()
-    });
-    reconcile(cluster(5), context(client, nodes.clone()))
-        .await
-        .expect("reconcile");
-    assert_eq!(
-        *nodes.calls.lock().unwrap(),
-        [format!("add_learner 103 {}", addr(3, 7000))]
-    );
+    };
+    let (_, node_calls) = reconcile_once(5, world, &voters).await;
+    assert_eq!(node_calls, [format!("add_learner 103 {}", addr(3, 7000))]);
 }
 
 #[tokio::test]
 async fn scaling_down_removes_the_highest_member_before_shrinking_the_statefulset() {
-    let (client, calls) = fake_api(World {
+    let world = World {
         sts_replicas: Some(4),
         pods: vec![0, 1, 2, 3],
-    });
-    let nodes = Arc::new(FakeNodes {
-        members: vec![(0, true), (1, true), (2, true), (3, true)],
-        ..Default::default()
-    });
-    reconcile(cluster(3), context(client, nodes.clone()))
-        .await
-        .expect("reconcile");
-    assert_eq!(*nodes.calls.lock().unwrap(), ["remove 103 force=true"]);
-    let calls = calls.lock().unwrap().clone();
+    };
+    let (calls, node_calls) = reconcile_once(3, world, &[(0, true), (1, true), (2, true), (3, true)]).await;
+    assert_eq!(node_calls, ["remove 103 force=true"]);
     assert_eq!(
         find(&calls, "PATCH", "/statefulsets/demo").body["spec"]["replicas"],
         4,

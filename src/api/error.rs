@@ -6,7 +6,7 @@ use axum::Json;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(super) enum ApiError {
     #[error("{0}")]
     InvalidKey(String),
     #[error("{0}")]
@@ -44,7 +44,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidKey(_)
             | ApiError::InvalidQuery(_)
@@ -63,7 +63,7 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(super) fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidKey(_) => "invalid_key",
             ApiError::InvalidQuery(_) => "invalid_query",

@@ -15,10 +15,9 @@ use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::propose::ProposeError;
-use super::read_index::NoReadIndex;
 use super::request::{self, Consistency};
 use super::{ApiState, NODE_HEADER};
+use crate::replica::{BarrierError, Confirmation, ProposeError};
 use crate::storage::KeyValue;
 use crate::types::{Command, CommandResult, NodeId};
 
@@ -101,49 +100,30 @@ where
     Ok(resp)
 }
 
-/// Waits until this node's state machine may serve a read at `consistency`.
+/// Waits until this node's state machine may serve a read at `consistency` (the replica's
+/// consistency barrier).
 async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<(), ApiError> {
     let deadline = Instant::now() + state.limits.request_timeout;
-    let lease = consistency == Consistency::Lease;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(remaining, state.reads.read_index(lease)).await {
-            Ok(Ok(index)) => {
-                // The state machine itself is the freshest word on what has been applied (the
-                // metrics that `wait` watches are published a little later).
-                if state.sm.applied_index().is_some_and(|a| a >= index) {
-                    return Ok(());
-                }
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                return match state
-                    .raft
-                    .wait(Some(remaining))
-                    .applied_index_at_least(Some(index), "read index")
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(ApiError::NoLeader(format!(
-                        "this node did not apply up to the read index {index} in time: {e}"
-                    ))),
-                };
-            }
-            Ok(Err(NoReadIndex::Retry(why))) => why,
-            Ok(Err(NoReadIndex::NotLeader)) => "this node does not lead".to_string(),
-            Ok(Err(NoReadIndex::Stopped(why))) => return Err(ApiError::Unavailable(why)),
-            Err(_) => "no leader confirmed its leadership in time".to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(ApiError::NoLeader(error));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let confirmation = if consistency == Consistency::Lease {
+        Confirmation::Lease
+    } else {
+        Confirmation::ReadIndex
+    };
+    state
+        .replica
+        .barrier(confirmation, deadline)
+        .await
+        .map_err(|e| match e {
+            BarrierError::NoLeader(why) => ApiError::NoLeader(why),
+            BarrierError::Stopped(why) => ApiError::Unavailable(why),
+        })
 }
 
 /// Proposes `cmd` through Raft (batched with the writes that arrive with it; on a follower,
 /// sent to the leader) and renders its result.
 async fn write(state: &ApiState, cmd: Command) -> Result<Response, ApiError> {
     let deadline = Instant::now() + state.limits.request_timeout;
-    let (result, leader) = state.proposer.propose(cmd, deadline).await.map_err(|e| match e {
+    let (result, leader) = state.replica.propose(cmd, deadline).await.map_err(|e| match e {
         ProposeError::NoLeader(m) | ProposeError::NotLeader(m) => ApiError::NoLeader(m),
         ProposeError::Timeout(m) => ApiError::Timeout(m),
         ProposeError::Unknown(m) => ApiError::BadGateway(format!("{m}; the outcome is unknown")),
@@ -192,7 +172,7 @@ fn storage_err(e: std::io::Error) -> ApiError {
 }
 
 /// `PUT /v1/kv/{key}`: the body is the value.
-pub async fn put(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn put(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     let key = request::key_from_path(&req.path)?;
     request::parse_query(req.query.as_deref(), &[])?;
@@ -206,7 +186,7 @@ pub async fn put(State(state): State<Arc<ApiState>>, req: Request) -> Result<Res
 }
 
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn delete(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("DELETE")?;
     let key = request::key_from_path(&req.path)?;
@@ -216,7 +196,7 @@ pub async fn delete(State(state): State<Arc<ApiState>>, req: Request) -> Result<
 }
 
 /// `GET /v1/kv/{key}`: the raw value.
-pub async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("GET")?;
     let key = request::key_from_path(&req.path)?;
@@ -224,7 +204,12 @@ pub async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Result<Res
     let not_modified_at = request::read_precondition(&req.headers)?;
     let consistency = q.consistency.unwrap_or_default();
     read(&state, consistency, || {
-        let (revision, value) = state.sm.get(&key).map_err(storage_err)?.ok_or(ApiError::KeyNotFound)?;
+        let (revision, value) = state
+            .replica
+            .state()
+            .get(&key)
+            .map_err(storage_err)?
+            .ok_or(ApiError::KeyNotFound)?;
         let etag = header_value(&request::etag(revision));
         if not_modified_at == Some(revision) {
             let mut resp = StatusCode::NOT_MODIFIED.into_response();
@@ -245,7 +230,7 @@ pub async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Result<Res
 }
 
 /// `GET /v1/kv?prefix=&start=&limit=`: keys and values in key order, one page at a time.
-pub async fn list(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn list(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("GET")?;
     let q = request::parse_query(req.query.as_deref(), &["consistency", "prefix", "start", "limit"])?;
@@ -254,7 +239,11 @@ pub async fn list(State(state): State<Arc<ApiState>>, req: Request) -> Result<Re
     let start = q.start.unwrap_or_default();
     let limit = q.limit.unwrap_or(100);
     read(&state, consistency, || {
-        let (items, next) = state.sm.list(&prefix, &start, limit).map_err(storage_err)?;
+        let (items, next) = state
+            .replica
+            .state()
+            .list(&prefix, &start, limit)
+            .map_err(storage_err)?;
         let items: Vec<Value> = items.iter().map(item_json).collect();
         let next_start = next.map(|k| percent_encode_key(&k));
         Ok(Json(json!({ "items": items, "next_start": next_start, "node": state.id })).into_response())

@@ -1,12 +1,9 @@
 //! The client HTTP API (axum): keys and values under `/v1/kv`, node status and health, and
 //! the join endpoint that `serve --join` uses.
 
-pub mod error;
-pub mod kv;
-pub mod propose;
-pub mod read_index;
-pub mod request;
-pub mod vouch;
+mod error;
+mod kv;
+mod request;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -18,26 +15,25 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use raftkv_client::model;
 
 use crate::cluster::status::not_ready_reason;
 use crate::cluster::Admin;
 use crate::metrics::Metrics;
 use crate::pb::admin::AddMemberRequest;
-use crate::storage::StateMachine;
-use crate::types::{NodeId, Raft};
+use crate::replica::Replica;
+use crate::types::NodeId;
 use error::ApiError;
 
 /// Every response names the node that served it (for a write: the leader that proposed it).
-pub const NODE_HEADER: &str = "x-raftkv-node";
+pub(crate) const NODE_HEADER: &str = "x-raftkv-node";
 
 /// Limits on what a client may send and how long a request may take.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_value_bytes: usize,
+pub(crate) struct Limits {
+    pub(crate) max_value_bytes: usize,
     /// Upper bound for a write or linearizable read, including waiting for a leader.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,37 +46,33 @@ impl Default for Limits {
 }
 
 /// Everything a handler needs (shared behind an `Arc`).
-pub struct ApiState {
-    pub id: NodeId,
-    pub raft: Raft,
-    pub sm: StateMachine,
-    pub admin: Admin,
-    /// Batches writes into proposals, and sends a follower's to the leader.
-    pub proposer: propose::Proposer,
-    /// Batches linearizable and lease reads into shared leadership confirmations.
-    pub reads: read_index::ReadIndexer,
-    pub limits: Limits,
+pub(crate) struct ApiState {
+    pub(crate) id: NodeId,
+    /// Writes are proposed, and reads wait for their consistency barrier, through it.
+    pub(crate) replica: Replica,
+    pub(crate) admin: Admin,
+    pub(crate) limits: Limits,
     /// Set on SIGTERM or removal: new requests are refused while the node stops.
-    pub stopping: Arc<Stopping>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) stopping: Arc<Stopping>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Whether (and why) a node is stopping.
 #[derive(Debug, Default)]
-pub struct Stopping(AtomicU8);
+pub(crate) struct Stopping(AtomicU8);
 
 impl Stopping {
     const RUNNING: u8 = 0;
     const SHUTTING_DOWN: u8 = 1;
     const REMOVED: u8 = 2;
 
-    pub fn shutting_down(&self) {
+    pub(crate) fn shutting_down(&self) {
         let _ = self
             .0
             .compare_exchange(Self::RUNNING, Self::SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    pub fn removed(&self) {
+    pub(crate) fn removed(&self) {
         self.0.store(Self::REMOVED, Ordering::SeqCst);
     }
 
@@ -95,46 +87,7 @@ impl Stopping {
     }
 }
 
-/// Who leads, as far as this node knows.
-pub enum Leader {
-    Me,
-    Other {
-        id: NodeId,
-        http_addr: String,
-        raft_addr: String,
-    },
-    Unknown,
-}
-
-impl ApiState {
-    pub fn leader(&self) -> Leader {
-        Leader::of(&self.raft, self.id)
-    }
-}
-
-impl Leader {
-    /// The leader as `raft` (node `me`) currently knows it.
-    pub fn of(raft: &Raft, me: NodeId) -> Leader {
-        use openraft::async_runtime::WatchReceiver;
-        // Borrowed, not cloned: this runs for every proposal and read batch.
-        let rx = raft.metrics();
-        let m = rx.borrow_watched();
-        match m.current_leader {
-            Some(l) if l == me => Leader::Me,
-            Some(l) => match m.membership_config.membership().get_node(&l) {
-                Some(node) => Leader::Other {
-                    id: l,
-                    http_addr: node.http_addr.clone(),
-                    raft_addr: node.raft_addr.clone(),
-                },
-                None => Leader::Unknown,
-            },
-            None => Leader::Unknown,
-        }
-    }
-}
-
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     let state = Arc::new(state);
     Router::new()
         .route("/v1/kv", get(kv::list))
@@ -198,18 +151,28 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// Liveness: the process serves HTTP.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<model::Probe> {
+    Json(model::Probe {
+        status: "ok".into(),
+        reason: None,
+    })
 }
 
 /// Readiness: a member of a cluster that has a leader, with everything it knows to be
 /// committed applied.
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
-    match not_ready_reason(&state.raft) {
-        None => Json(json!({ "status": "ready" })).into_response(),
+    match not_ready_reason(state.replica.raft()) {
+        None => Json(model::Probe {
+            status: "ready".into(),
+            reason: None,
+        })
+        .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": reason })),
+            Json(model::Probe {
+                status: "not_ready".into(),
+                reason: Some(reason),
+            }),
         )
             .into_response(),
     }
@@ -219,19 +182,9 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
     Json(state.admin.status()).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinRequest {
-    id: NodeId,
-    raft_addr: String,
-    http_addr: String,
-    #[serde(default)]
-    learner_only: bool,
-}
-
 /// `POST /v1/cluster/join`: add the caller as a voter (or learner), forwarded to the leader.
 async fn join(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let req: JoinRequest =
+    let req: model::JoinRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
     let add = AddMemberRequest {
         id: req.id,
@@ -244,5 +197,9 @@ async fn join(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Re
     } else {
         state.admin.add_voter(add, None).await?
     };
-    Ok(Json(json!({ "log_index": resp.log_index, "message": resp.message })).into_response())
+    Ok(Json(model::Joined {
+        log_index: resp.log_index,
+        message: resp.message,
+    })
+    .into_response())
 }

@@ -8,12 +8,12 @@ use percent_encoding::percent_decode;
 use super::error::ApiError;
 use crate::types::Precondition;
 
-pub const MAX_KEY_BYTES: usize = 4096;
-pub const KV_PREFIX: &str = "/v1/kv/";
+pub(super) const MAX_KEY_BYTES: usize = 4096;
+pub(super) const KV_PREFIX: &str = "/v1/kv/";
 
 /// The key of a `/v1/kv/<key>` path: percent-decoded to raw bytes, so any byte string
 /// (UTF-8 or not, with slashes or not) can be a key.
-pub fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
+pub(super) fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
     let raw = path
         .strip_prefix(KV_PREFIX)
         .ok_or_else(|| ApiError::InvalidKey(format!("path {path:?} does not start with {KV_PREFIX}")))?;
@@ -22,7 +22,7 @@ pub fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
     Ok(key)
 }
 
-pub fn validate_key(key: &[u8]) -> Result<(), ApiError> {
+pub(super) fn validate_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::InvalidKey("the key is empty".into()));
     }
@@ -51,7 +51,7 @@ fn decode_component(raw: &str) -> Result<Bytes, String> {
 
 /// Read consistency, chosen per request with `?consistency=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
+pub(super) enum Consistency {
     /// ReadIndex through the leader: sees every write acknowledged before the read began.
     #[default]
     Linearizable,
@@ -63,7 +63,7 @@ pub enum Consistency {
 }
 
 impl Consistency {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Consistency::Linearizable => "linearizable",
             Consistency::Lease => "lease",
@@ -74,16 +74,16 @@ impl Consistency {
 
 /// Query parameters, decoded to bytes; unknown or repeated parameters are errors.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Query {
+pub(super) struct Query {
     pub consistency: Option<Consistency>,
     pub prefix: Option<Bytes>,
     pub start: Option<Bytes>,
     pub limit: Option<usize>,
 }
 
-pub const MAX_LIST_LIMIT: usize = 1000;
+pub(super) const MAX_LIST_LIMIT: usize = 1000;
 
-pub fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+pub(super) fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
     let mut q = Query::default();
     let Some(raw) = raw else { return Ok(q) };
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
@@ -147,7 +147,7 @@ pub fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiErro
 }
 
 /// `If-Match` / `If-None-Match` on a write, as a [`Precondition`].
-pub fn write_precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
+pub(super) fn write_precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
     let if_match = header_str(headers, "if-match")?;
     let if_none = header_str(headers, "if-none-match")?;
     match (if_match, if_none) {
@@ -165,7 +165,7 @@ pub fn write_precondition(headers: &HeaderMap) -> Result<Option<Precondition>, A
 }
 
 /// `If-None-Match: "<revision>"` on a read: answer 304 if the key is still at that revision.
-pub fn read_precondition(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn read_precondition(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     if header_str(headers, "if-match")?.is_some() {
         return Err(ApiError::InvalidHeader(
             "If-Match is for writes; reads take If-None-Match".into(),
@@ -186,7 +186,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 }
 
 /// A revision ETag: `"123"` (quotes required, as HTTP says; a weak `W/` tag is refused).
-pub fn parse_etag(v: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_etag(v: &str) -> Result<u64, ApiError> {
     let v = v.trim();
     v.strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
@@ -194,7 +194,7 @@ pub fn parse_etag(v: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::InvalidHeader(format!("{v:?} is not a revision ETag like \"42\" (with the quotes)")))
 }
 
-pub fn etag(revision: u64) -> String {
+pub(super) fn etag(revision: u64) -> String {
     format!("\"{revision}\"")
 }
 

@@ -1,18 +1,15 @@
 //! `raftkv admin`: the raftadmin / `etcdctl member` of raftkv, over the admin gRPC service.
 
-use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
+use raftkv_client::{pb, Admin};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
 
 use super::{endpoints, table, Output};
-use crate::pb::admin as pb;
-use crate::pb::admin::admin_client::AdminClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -70,56 +67,6 @@ pub enum AdminCommand {
     },
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, String> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let ep = Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad endpoint: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout);
-    let ch = ep.connect().await.map_err(|e| format!("cannot connect: {e}"))?;
-    Ok(AdminClient::new(ch).max_decoding_message_size(64 << 20))
-}
-
-/// Runs `call` against the first endpoint that can be reached. An endpoint that answers with
-/// an error ends the search: the error is the cluster's answer, not the endpoint's absence.
-async fn with_endpoint<T, F, Fut>(args: &AdminArgs, timeout: Duration, call: F) -> anyhow::Result<(String, T)>
-where
-    F: Fn(AdminClient<Channel>) -> Fut,
-    Fut: Future<Output = Result<T, tonic::Status>>,
-{
-    let mut failures = Vec::new();
-    for ep in endpoints(&args.endpoint) {
-        let client = match connect(&ep, timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(format!("{ep}: {e}"));
-                continue;
-            }
-        };
-        match call(client).await {
-            Ok(v) => return Ok((ep, v)),
-            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("transport") => {
-                failures.push(format!("{ep}: {}", s.message()));
-            }
-            Err(s) => return Err(anyhow!("{ep}: {}", status_text(&s))),
-        }
-    }
-    Err(anyhow!("no endpoint answered: {}", failures.join("; ")))
-}
-
-/// The server's messages already say what kind of failure it was ("refused: ...").
-fn status_text(s: &tonic::Status) -> String {
-    match s.code() {
-        tonic::Code::Unavailable if !s.message().is_empty() => format!("unavailable: {}", s.message()),
-        _ if !s.message().is_empty() => s.message().to_string(),
-        code => format!("{code}"),
-    }
-}
-
 fn pos(p: &Option<pb::LogPosition>) -> String {
     p.as_ref()
         .map_or("-".into(), |p| format!("{} (term {})", p.index, p.term))
@@ -161,15 +108,19 @@ fn print_membership(out: Output, r: &pb::MembershipResponse) {
     }
 }
 
+/// How long a backup may take to start streaming (the leader confirms its leadership first).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let t = Duration::from_secs(args.timeout);
+    let timeout = match args.command {
+        AdminCommand::Backup { .. } => BACKUP_TIMEOUT,
+        _ => Duration::from_secs(args.timeout),
+    };
+    let admin = Admin::any(&endpoints(&args.endpoint))?.timeout(timeout);
     let out = args.output;
-    match args.command.clone() {
+    match args.command {
         AdminCommand::Members => {
-            let (_, r) = with_endpoint(&args, t, |mut c| async move {
-                c.members(pb::MembersRequest {}).await.map(|r| r.into_inner())
-            })
-            .await?;
+            let r = admin.members().await?;
             match out {
                 Output::Json => {
                     let members: Vec<_> = r
@@ -221,10 +172,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Status => {
-            let (ep, s) = with_endpoint(&args, t, |mut c| async move {
-                c.status(pb::StatusRequest {}).await.map(|r| r.into_inner())
-            })
-            .await?;
+            let s = admin.status().await?;
+            let ep = admin.endpoint().to_string();
             match out {
                 Output::Json => println!(
                     "{}",
@@ -281,17 +230,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             raft_addr,
             http_addr,
         } => {
-            let req = pb::AddMemberRequest {
-                id,
-                raft_addr,
-                http_addr,
-                catch_up_timeout_ms: 0,
-            };
-            let (_, r) = with_endpoint(&args, t, |mut c| {
-                let req = req.clone();
-                async move { c.add_learner(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+            let r = admin
+                .add_learner(pb::AddMemberRequest {
+                    id,
+                    raft_addr,
+                    http_addr,
+                    catch_up_timeout_ms: 0,
+                })
+                .await?;
             print_membership(out, &r);
         }
         AdminCommand::AddVoter {
@@ -306,52 +252,29 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 http_addr,
                 catch_up_timeout_ms: catch_up_timeout * 1000,
             };
-            let total = t + Duration::from_secs(catch_up_timeout);
-            let (_, r) = with_endpoint(&args, total, |mut c| {
-                let req = req.clone();
-                async move {
-                    let mut stream = c.add_voter(req).await?.into_inner();
-                    while let Some(p) = stream.message().await? {
-                        if let Some(result) = p.result {
-                            return Ok(result);
-                        }
-                        if out == Output::Table {
-                            eprintln!("{}: {}", p.stage, p.message);
-                        }
+            let r = admin
+                .add_voter_until_done(req, |p| {
+                    if out == Output::Table {
+                        eprintln!("{}: {}", p.stage, p.message);
                     }
-                    Err(tonic::Status::unknown("the server ended add-voter without a result"))
-                }
-            })
-            .await?;
+                })
+                .await?;
             print_membership(out, &r);
         }
         AdminCommand::Remove { id, force } => {
-            let (_, r) = with_endpoint(&args, t, |mut c| async move {
-                c.remove_member(pb::RemoveMemberRequest { id, force })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await?;
+            let r = admin.remove_member(id, force).await?;
             print_membership(out, &r);
         }
         AdminCommand::TransferLeader { id } => {
-            let to = id.unwrap_or(0);
-            let (_, r) = with_endpoint(&args, t, |mut c| async move {
-                c.transfer_leadership(pb::TransferLeadershipRequest { to })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await?;
+            let r = admin.transfer_leadership(id).await?;
             match out {
                 Output::Json => println!("{}", json!({"old_leader": r.old_leader, "new_leader": r.new_leader})),
                 Output::Table => println!("leadership moved from {} to {}", r.old_leader, r.new_leader),
             }
         }
         AdminCommand::Snapshot => {
-            let (ep, r) = with_endpoint(&args, t, |mut c| async move {
-                c.snapshot(pb::SnapshotRequest {}).await.map(|r| r.into_inner())
-            })
-            .await?;
+            let r = admin.snapshot().await?;
+            let ep = admin.endpoint();
             match out {
                 Output::Json => println!(
                     "{}",
@@ -361,30 +284,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Backup { out: path } => {
-            let (ep, (size, meta)) = with_endpoint(&args, Duration::from_secs(3600), |mut c| {
-                let path = path.clone();
-                async move {
-                    let mut stream = c.backup(pb::BackupRequest {}).await?.into_inner();
-                    let tmp = path.with_extension("partial");
-                    let io = |e: std::io::Error| tonic::Status::internal(format!("writing {}: {e}", tmp.display()));
-                    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-                    let mut size = 0u64;
-                    while let Some(chunk) = stream.message().await? {
-                        size += chunk.data.len() as u64;
-                        f.write_all(&chunk.data).map_err(io)?;
-                    }
-                    let file = f.into_inner().map_err(|e| io(e.into_error()))?;
-                    file.sync_all().map_err(io)?;
-                    // Check what arrived before calling it a backup.
-                    let meta = crate::storage::restore::verify_backup(&tmp)
-                        .map_err(|e| tonic::Status::data_loss(e.to_string()))?;
-                    std::fs::rename(&tmp, &path).map_err(io)?;
-                    Ok((size, meta))
-                }
-            })
-            .await
-            .context("backup failed")?;
-            let (meta, keys) = meta;
+            let (ep, size, (meta, keys)) = backup(&admin, &path).await.context("backup failed")?;
             let index = meta.last_log_id.map_or(0, |l| l.index);
             match out {
                 Output::Json => println!(
@@ -399,4 +299,28 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Streams a backup into `<path>.partial`, checks it, and only then names it `path`.
+/// Returns the endpoint that served it, its size, and what it holds.
+async fn backup(
+    admin: &Admin,
+    path: &std::path::Path,
+) -> anyhow::Result<(String, u64, (crate::types::SnapshotMeta, u64))> {
+    let mut stream = admin.backup().await?;
+    let ep = stream.endpoint().to_string();
+    let tmp = path.with_extension("partial");
+    let io = |e: std::io::Error| anyhow!("{ep}: writing {}: {e}", tmp.display());
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next_chunk().await? {
+        size += chunk.len() as u64;
+        f.write_all(&chunk).map_err(io)?;
+    }
+    let file = f.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    // Check what arrived before calling it a backup.
+    let meta = crate::storage::restore::verify_backup(&tmp).map_err(|e| anyhow!("{ep}: {e}"))?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok((ep, size, meta))
 }

@@ -1,23 +1,19 @@
 //! `raftkv kv`: read and write keys through the HTTP API, from a shell.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use base64::Engine;
+use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde_json::{json, Value};
+use raftkv_client::model::ListItem;
+use raftkv_client::{Client, Condition, Consistency, Error, ListOptions};
+use serde_json::json;
 
 use super::{endpoints, table, Output, UsageError};
-
-/// Characters left as they are in a key path: unreserved ones and '/'.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
 
 #[derive(Debug, Clone, Args)]
 pub struct KvArgs {
@@ -42,12 +38,12 @@ pub enum ConsistencyArg {
     Stale,
 }
 
-impl ConsistencyArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            ConsistencyArg::Linearizable => "linearizable",
-            ConsistencyArg::Lease => "lease",
-            ConsistencyArg::Stale => "stale",
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Consistency {
+        match c {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Lease => Consistency::Lease,
+            ConsistencyArg::Stale => Consistency::Stale,
         }
     }
 }
@@ -93,141 +89,137 @@ pub enum KvCommand {
     },
 }
 
-fn base_url(ep: &str) -> String {
-    let ep = ep.trim_end_matches('/');
-    if ep.contains("://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    }
-}
+/// The largest page the API serves.
+const PAGE: usize = 1000;
 
-/// Sends the request built by `build` to the first endpoint that can be reached.
-async fn send(
-    client: &reqwest::Client,
-    eps: &[String],
-    build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
-) -> anyhow::Result<(String, reqwest::Response)> {
-    let mut failures = Vec::new();
-    for ep in eps {
-        let base = base_url(ep);
-        match build(client, &base).send().await {
-            Ok(r) => return Ok((base, r)),
-            Err(e) if e.is_connect() => failures.push(format!("{base}: cannot connect")),
-            Err(e) => return Err(anyhow!("{base}: {e}")),
+/// One client per endpoint, sharing a connection pool; a request goes to the first that can
+/// be reached. An endpoint that answers ends the search, whatever it answers.
+struct Endpoints(Vec<Client>);
+
+impl Endpoints {
+    fn new(list: &[String], timeout: Duration) -> anyhow::Result<Endpoints> {
+        let http = reqwest::Client::new();
+        let clients = endpoints(list)
+            .iter()
+            .map(|ep| Client::builder(ep).timeout(timeout).http_client(http.clone()).build())
+            .collect::<Result<_, _>>()?;
+        Ok(Endpoints(clients))
+    }
+
+    /// Runs `call` on the first endpoint that can be reached; returns that endpoint too.
+    async fn first<T, F, Fut>(&self, call: F) -> Result<(String, T), Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut failures = Vec::new();
+        for c in &self.0 {
+            match call(c.clone()).await {
+                Ok(v) => return Ok((c.endpoint().to_string(), v)),
+                Err(e) if e.not_sent() => failures.push(e),
+                Err(e) => return Err(e),
+            }
         }
+        Err(Error::NoEndpoint { failures })
     }
-    Err(anyhow!("no endpoint answered: {}", failures.join("; ")))
 }
 
-/// Turns a non-success answer into an error that names the endpoint and the server's reason.
-async fn check(ep: &str, r: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-    if r.status().is_success() {
-        return Ok(r);
+/// `--if-match`: a revision (`7` or `"7"`), or `*` for "only if it exists".
+fn if_match(v: &str) -> Result<Condition, UsageError> {
+    if v.trim() == "*" {
+        return Ok(Condition::IfExists);
     }
-    let status = r.status();
-    let text = r.text().await.unwrap_or_default();
-    let msg = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or(text);
-    Err(anyhow!("{ep}: {} {msg}", status.as_u16()))
+    let digits = v.trim().trim_matches('"');
+    digits
+        .parse()
+        .map(Condition::IfMatch)
+        .map_err(|_| UsageError(format!("--if-match takes a revision number or \"*\", not {v:?}")))
 }
 
-fn etag_arg(v: &str) -> String {
-    if v == "*" || v.starts_with('"') {
-        v.to_string()
-    } else {
-        format!("\"{v}\"")
+/// A key or value for a person: itself when it is UTF-8, else `base64:...`.
+fn shown(b: &Bytes) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(b)),
     }
 }
 
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
-    let eps = endpoints(&args.endpoint);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout))
-        .build()?;
+    let eps = Endpoints::new(&args.endpoint, Duration::from_secs(args.timeout))?;
     let out = args.output;
     match args.command {
         KvCommand::Get { key, consistency } => {
-            let path = format!(
-                "/v1/kv/{}?consistency={}",
-                utf8_percent_encode(&key, KEY_SET),
-                consistency.as_str()
-            );
-            let (ep, r) = send(&client, &eps, |c, base| c.get(format!("{base}{path}"))).await?;
-            let r = check(&ep, r).await?;
-            let revision = r
-                .headers()
-                .get("x-raftkv-revision")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let value = r.bytes().await?;
+            let consistency = Consistency::from(consistency);
+            let (ep, value) = eps
+                .first(|c| {
+                    let key = key.clone();
+                    async move { c.get(key.as_bytes(), consistency).await }
+                })
+                .await?;
+            let value = value.ok_or_else(|| anyhow!("{ep}: 404 key not found"))?;
             match out {
                 Output::Json => {
-                    let mut v = json!({"key": key, "revision": revision.parse::<u64>().ok()});
-                    match std::str::from_utf8(&value) {
+                    let mut v = json!({"key": key, "revision": value.revision});
+                    match std::str::from_utf8(&value.value) {
                         Ok(s) => v["value"] = json!(s),
                         Err(_) => {
-                            use base64::Engine;
-                            v["value_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&value))
+                            v["value_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&value.value))
                         }
                     }
                     println!("{v}");
                 }
-                Output::Table => std::io::stdout().write_all(&value)?,
+                Output::Table => std::io::stdout().write_all(&value.value)?,
             }
         }
         KvCommand::Put {
             key,
             value,
             file,
-            if_match,
+            if_match: revision,
             if_none_match,
         } => {
-            let body: Vec<u8> = match (value, file) {
-                (Some(v), None) => v.into_bytes(),
-                (None, Some(f)) => std::fs::read(&f).map_err(|e| anyhow!("reading {}: {e}", f.display()))?,
+            let body: Bytes = match (value, file) {
+                (Some(v), None) => v.into(),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| anyhow!("reading {}: {e}", f.display()))?
+                    .into(),
                 (None, None) => {
                     let mut buf = Vec::new();
                     std::io::stdin().read_to_end(&mut buf)?;
-                    buf
+                    buf.into()
                 }
                 (Some(_), Some(_)) => return Err(UsageError("give the value or --file, not both".into()).into()),
             };
-            let path = format!("/v1/kv/{}", utf8_percent_encode(&key, KEY_SET));
-            let (ep, r) = send(&client, &eps, |c, base| {
-                let mut req = c.put(format!("{base}{path}")).body(body.clone());
-                if let Some(m) = &if_match {
-                    req = req.header("if-match", etag_arg(m));
-                }
-                if if_none_match {
-                    req = req.header("if-none-match", "*");
-                }
-                req
-            })
-            .await?;
-            let v: Value = check(&ep, r).await?.json().await?;
+            let condition = match (revision, if_none_match) {
+                (Some(r), _) => if_match(&r)?,
+                (None, true) => Condition::IfAbsent,
+                (None, false) => Condition::None,
+            };
+            let (_, w) = eps
+                .first(|c| {
+                    let (key, body) = (key.clone(), body.clone());
+                    async move { c.put(key.as_bytes(), body, condition).await }
+                })
+                .await?;
             match out {
-                Output::Json => println!("{v}"),
-                Output::Table => println!("OK revision {}", v["revision"]),
+                Output::Json => println!("{}", serde_json::to_value(w)?),
+                Output::Table => println!("OK revision {}", w.revision),
             }
         }
-        KvCommand::Delete { key, if_match } => {
-            let path = format!("/v1/kv/{}", utf8_percent_encode(&key, KEY_SET));
-            let (ep, r) = send(&client, &eps, |c, base| {
-                let mut req = c.delete(format!("{base}{path}"));
-                if let Some(m) = &if_match {
-                    req = req.header("if-match", etag_arg(m));
-                }
-                req
-            })
-            .await?;
-            let v: Value = check(&ep, r).await?.json().await?;
+        KvCommand::Delete {
+            key,
+            if_match: revision,
+        } => {
+            let condition = revision.as_deref().map(if_match).transpose()?.unwrap_or_default();
+            let (_, d) = eps
+                .first(|c| {
+                    let key = key.clone();
+                    async move { c.delete(key.as_bytes(), condition).await }
+                })
+                .await?;
             match out {
-                Output::Json => println!("{v}"),
-                Output::Table => println!("{}", if v["deleted"] == true { "deleted" } else { "not found" }),
+                Output::Json => println!("{}", serde_json::to_value(d)?),
+                Output::Table => println!("{}", if d.deleted { "deleted" } else { "not found" }),
             }
         }
         KvCommand::List {
@@ -235,27 +227,28 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
             limit,
             consistency,
         } => {
-            let mut items: Vec<Value> = Vec::new();
-            let mut start: Option<String> = None;
+            let mut items: Vec<ListItem> = Vec::new();
+            let mut options = ListOptions {
+                prefix: Bytes::from(prefix),
+                start: None,
+                limit: None,
+                consistency: consistency.into(),
+            };
             loop {
-                let page = if limit == 0 {
-                    1000
+                options.limit = Some(if limit == 0 {
+                    PAGE
                 } else {
-                    (limit - items.len()).min(1000)
-                };
-                let mut path = format!(
-                    "/v1/kv?prefix={}&limit={page}&consistency={}",
-                    utf8_percent_encode(&prefix, NON_ALPHANUMERIC),
-                    consistency.as_str()
-                );
-                if let Some(s) = &start {
-                    path.push_str(&format!("&start={s}"));
-                }
-                let (ep, r) = send(&client, &eps, |c, base| c.get(format!("{base}{path}"))).await?;
-                let v: Value = check(&ep, r).await?.json().await?;
-                items.extend(v["items"].as_array().cloned().unwrap_or_default());
-                match v["next_start"].as_str() {
-                    Some(next) if limit == 0 || items.len() < limit => start = Some(next.to_string()),
+                    (limit - items.len()).min(PAGE)
+                });
+                let (_, page) = eps
+                    .first(|c| {
+                        let options = options.clone();
+                        async move { c.list(&options).await }
+                    })
+                    .await?;
+                items.extend(page.items);
+                match page.next_start {
+                    Some(next) if limit == 0 || items.len() < limit => options.start = Some(next),
                     _ => break,
                 }
             }
@@ -264,16 +257,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
                 Output::Table => {
                     let rows: Vec<Vec<String>> = items
                         .iter()
-                        .map(|i| {
-                            let show = |name: &str| {
-                                i[name]
-                                    .as_str()
-                                    .map(str::to_string)
-                                    .or_else(|| i[format!("{name}_base64")].as_str().map(|b| format!("base64:{b}")))
-                                    .unwrap_or_default()
-                            };
-                            vec![show("key"), i["revision"].to_string(), show("value")]
-                        })
+                        .map(|i| vec![shown(&i.key), i.revision.to_string(), shown(&i.value)])
                         .collect();
                     println!("{}", table::render(&["KEY", "REVISION", "VALUE"], &rows));
                 }

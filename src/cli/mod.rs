@@ -6,7 +6,7 @@
 pub mod admin;
 pub mod kv;
 pub mod restore;
-pub mod table;
+mod table;
 
 use clap::ValueEnum;
 
@@ -26,7 +26,7 @@ pub enum Output {
 pub struct UsageError(pub String);
 
 /// Splits a comma-separated endpoint list, dropping blanks.
-pub fn endpoints(list: &[String]) -> Vec<String> {
+pub(crate) fn endpoints(list: &[String]) -> Vec<String> {
     list.iter()
         .flat_map(|s| s.split(','))
         .map(str::trim)

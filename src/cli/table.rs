@@ -1,7 +1,7 @@
 //! Plain aligned text tables for terminal output.
 
 /// Renders rows under a header, each column as wide as its widest cell.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -15,19 +15,19 @@ use crate::pb::admin::admin_server::Admin as AdminRpc;
 /// Backups are streamed in chunks of this size.
 const BACKUP_CHUNK: usize = 1 << 20;
 
-pub struct AdminService {
+pub(crate) struct AdminService {
     admin: Admin,
     /// The cluster id a bootstrap by this node adopts (e.g. the RaftCluster's UID).
     cluster_id: Option<String>,
 }
 
 impl AdminService {
-    pub fn new(admin: Admin, cluster_id: Option<String>) -> Self {
+    pub(crate) fn new(admin: Admin, cluster_id: Option<String>) -> Self {
         AdminService { admin, cluster_id }
     }
 }
 
-fn pos(p: Option<super::status::LogPosition>) -> Option<pb::LogPosition> {
+fn pos(p: Option<raftkv_client::model::LogPosition>) -> Option<pb::LogPosition> {
     p.map(|p| pb::LogPosition {
         term: p.term,
         index: p.index,
@@ -155,7 +155,7 @@ impl AdminRpc for AdminService {
         Ok(Response::new(pb::StatusResponse {
             id: s.id,
             cluster_id: s.cluster_id.unwrap_or_default(),
-            role: s.role.to_string(),
+            role: s.role.as_str().to_string(),
             term: s.term,
             leader_id: s.leader.unwrap_or(0),
             last_log: s.last_log_index.map(|i| pb::LogPosition { term: 0, index: i }),
@@ -163,7 +163,7 @@ impl AdminRpc for AdminService {
             applied: pos(s.applied),
             snapshot: pos(s.snapshot),
             purged: pos(s.purged),
-            members: s.members.into_iter().map(pb::Member::from).collect(),
+            members: s.members.into_iter().map(super::status::pb_member).collect(),
             uptime_seconds: s.uptime_seconds,
             membership_log_index: s.membership_log_index.unwrap_or(0),
             joint: s.joint,

@@ -1,5 +1,7 @@
-//! Durable state of a node: the Raft log and vote ([`LogStore`]), the replicated key space
-//! ([`StateMachine`]) and its snapshots, each in the node's data directory.
+//! Durable state of a node: the Raft log and vote ([`LogStore`], in `log/`), the replicated key
+//! space ([`StateMachine`], in `state/`) and its snapshots ([`snapshot`], the file format), each
+//! in the node's data directory. Storage knows only the crate's vocabulary (`crate::types`) and
+//! codec (`crate::codec`); the layers above plug in through its observer traits.
 //!
 //! ```text
 //! <data-dir>/node-id          this node's id (see crate::identity)
@@ -9,24 +11,20 @@
 //! <data-dir>/snapshots/       the current snapshot file
 //! ```
 
-pub mod codec;
-pub mod journal;
-pub mod log_store;
-pub mod overlay;
-pub mod restore;
+mod log;
+pub(crate) mod restore;
 pub mod snapshot;
-pub mod state_machine;
+mod state;
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use log_store::CommitObserver;
-use state_machine::StateObserver;
-
-pub use log_store::{LogStore, SavedVote};
-pub use snapshot::SnapshotData;
-pub use state_machine::{KeyValue, StateMachine};
+pub use self::log::LogStore;
+pub(crate) use self::log::{CommitObserver, SavedVote};
+pub use self::snapshot::SnapshotData;
+pub use self::state::StateMachine;
+pub(crate) use self::state::{KeyValue, StateObserver};
 
 /// Opens both stores of a data directory, creating them if needed.
 pub fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachine)> {
@@ -37,7 +35,7 @@ pub fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachine)> {
 }
 
 /// Like [`open`], reporting group commits, applies and snapshots to `observer`.
-pub fn open_observed<O: CommitObserver + StateObserver>(
+pub(crate) fn open_observed<O: CommitObserver + StateObserver>(
     data_dir: &Path,
     observer: Arc<O>,
 ) -> io::Result<(LogStore, StateMachine)> {
@@ -45,4 +43,23 @@ pub fn open_observed<O: CommitObserver + StateObserver>(
     let log = LogStore::open_with_observer(&data_dir.join("raft-log.redb"), observer.clone())?;
     let sm = StateMachine::open_with_observer(&data_dir.join("state.redb"), &data_dir.join("snapshots"), observer)?;
     Ok((log, sm))
+}
+
+/// Opens (or creates) a redb database at `path` with a page cache of `cache_bytes` (redb's
+/// default is 1 GiB a database), and creates the tables that `tables` opens, so that readers
+/// never meet a missing table.
+fn open_database(
+    path: &Path,
+    cache_bytes: usize,
+    tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+) -> io::Result<redb::Database> {
+    use crate::codec::io_err;
+    let db = redb::Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(io_err)?;
+    let txn = db.begin_write().map_err(io_err)?;
+    tables(&txn).map_err(io_err)?;
+    txn.commit().map_err(io_err)?;
+    Ok(db)
 }

@@ -1,8 +1,9 @@
 //! Seeding a data directory from a backup: the first node of a new cluster.
 //!
 //! The restored node's log continues after the backup's last index and its store revision is
-//! the backup's (so revisions keep increasing), its snapshot holds exactly the backed-up keys, and its membership is just
-//! itself: started with `serve`, it elects itself and serves; others join it as usual.
+//! the backup's (so revisions keep increasing), its snapshot holds exactly the backed-up keys,
+//! and its membership is just itself: started with `serve`, it elects itself and serves;
+//! others join it as usual.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use crate::identity;
 use crate::types::{LogId, Membership, NodeAddr, NodeId, SnapshotMeta, StoredMembership, Vote};
 
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub(crate) enum RestoreError {
     #[error("backup {path} is unusable: {reason}")]
     BadBackup { path: PathBuf, reason: std::io::Error },
     #[error("data directory {0} already holds a node; restore needs an empty or new directory")]
@@ -28,16 +29,16 @@ pub enum RestoreError {
 
 /// What `restore` produced.
 #[derive(Debug)]
-pub struct Restored {
-    pub id: NodeId,
-    pub keys: u64,
+pub(crate) struct Restored {
+    pub(crate) id: NodeId,
+    pub(crate) keys: u64,
     /// The backup's last applied log index; the restored log continues after it.
-    pub index: u64,
-    pub cluster_id: String,
+    pub(crate) index: u64,
+    pub(crate) cluster_id: String,
 }
 
 /// Checks a backup file end to end (format and checksum); returns its metadata and key count.
-pub fn verify_backup(path: &Path) -> Result<(SnapshotMeta, u64), RestoreError> {
+pub(crate) fn verify_backup(path: &Path) -> Result<(SnapshotMeta, u64), RestoreError> {
     let bad = |reason| RestoreError::BadBackup {
         path: path.to_path_buf(),
         reason,
@@ -54,7 +55,9 @@ impl From<std::io::Error> for RestoreError {
     }
 }
 
-pub async fn restore(
+/// Seeds the empty `data_dir` from the backup file `backup` as node `id` at `addr` of a new
+/// cluster (`cluster_id`, or a new random one).
+pub(crate) async fn restore(
     backup: &Path,
     data_dir: &Path,
     id: NodeId,

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::codec::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"RKVSNAP2";
@@ -28,12 +28,12 @@ const MAX_FIELD: u32 = 64 << 20;
 /// snapshot replaces it on disk) and where it lives.
 #[derive(Debug)]
 pub struct SnapshotData {
-    pub file: File,
-    pub path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
 }
 
 impl SnapshotData {
-    pub fn open(path: PathBuf) -> io::Result<Self> {
+    pub(crate) fn open(path: PathBuf) -> io::Result<Self> {
         Ok(SnapshotData {
             file: File::open(&path)?,
             path,
@@ -46,7 +46,7 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 }
 
 /// Writes a snapshot record by record; sealing it appends the count and checksum.
-pub struct SnapshotWriter<W: Write> {
+pub(crate) struct SnapshotWriter<W: Write> {
     out: W,
     crc: crc32fast::Hasher,
     count: u64,
@@ -54,12 +54,12 @@ pub struct SnapshotWriter<W: Write> {
 }
 
 impl SnapshotWriter<BufWriter<File>> {
-    pub fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
         Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), meta, revision)
     }
 
     /// Seals and fsyncs the file; returns its size in bytes.
-    pub fn finish(self) -> io::Result<u64> {
+    pub(crate) fn finish(self) -> io::Result<u64> {
         let (out, size) = self.seal()?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -69,7 +69,7 @@ impl SnapshotWriter<BufWriter<File>> {
 
 impl<W: Write> SnapshotWriter<W> {
     /// Starts a snapshot of a state at `meta` whose store revision is `revision`.
-    pub fn new(out: W, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
+    pub(crate) fn new(out: W, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
         let mut w = SnapshotWriter {
             out,
             crc: crc32fast::Hasher::new(),
@@ -90,7 +90,7 @@ impl<W: Write> SnapshotWriter<W> {
         self.out.write_all(bytes)
     }
 
-    pub fn record(&mut self, key: &[u8], revision: u64, value: &[u8]) -> io::Result<()> {
+    pub(crate) fn record(&mut self, key: &[u8], revision: u64, value: &[u8]) -> io::Result<()> {
         self.put(&[TAG_RECORD])?;
         self.put(&(key.len() as u32).to_le_bytes())?;
         self.put(key)?;
@@ -103,7 +103,7 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Appends the end marker, record count and checksum; returns the writer (flushed) and
     /// the total size.
-    pub fn seal(mut self) -> io::Result<(W, u64)> {
+    pub(crate) fn seal(mut self) -> io::Result<(W, u64)> {
         self.put(&[TAG_END])?;
         let count = self.count;
         self.put(&count.to_le_bytes())?;
@@ -127,7 +127,7 @@ pub struct SnapshotReader<R: Read> {
 /// One key as stored in a snapshot.
 pub struct Record {
     pub key: Vec<u8>,
-    pub revision: u64,
+    pub(crate) revision: u64,
     pub value: Vec<u8>,
 }
 
@@ -138,7 +138,7 @@ impl SnapshotReader<BufReader<File>> {
 }
 
 impl<R: Read> SnapshotReader<R> {
-    pub fn new(input: R) -> io::Result<Self> {
+    fn new(input: R) -> io::Result<Self> {
         let mut r = SnapshotReader {
             input,
             crc: crc32fast::Hasher::new(),
@@ -167,12 +167,12 @@ impl<R: Read> SnapshotReader<R> {
         Ok(r)
     }
 
-    pub fn meta(&self) -> &SnapshotMeta {
+    pub(crate) fn meta(&self) -> &SnapshotMeta {
         &self.meta
     }
 
     /// The store revision of the state this snapshot holds.
-    pub fn revision(&self) -> u64 {
+    pub(crate) fn revision(&self) -> u64 {
         self.revision
     }
 
@@ -254,7 +254,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// Reads to the end, verifying the checksum; returns the number of records.
-    pub fn verify(mut self) -> io::Result<u64> {
+    pub(crate) fn verify(mut self) -> io::Result<u64> {
         while self.next_record()?.is_some() {}
         Ok(self.count)
     }

@@ -20,7 +20,7 @@ use crate::pb::raft::{call, reply, Call, Reply};
 
 /// Why a call has no reply.
 #[derive(Debug, Clone)]
-pub enum CallError {
+pub(super) enum CallError {
     /// It never left this node.
     NotSent(String),
     /// It was sent and its reply will never come: the peer may or may not have acted on it.
@@ -38,20 +38,20 @@ struct Outgoing {
 
 /// The handle on one peer's call stream; cheap to clone.
 #[derive(Clone)]
-pub struct PeerCalls {
+pub(super) struct PeerCalls {
     tx: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl PeerCalls {
     /// Starts the task that serves calls to the peer behind `channel`.
-    pub fn start(channel: Channel, open_timeout: Duration) -> PeerCalls {
+    pub(super) fn start(channel: Channel, open_timeout: Duration) -> PeerCalls {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(serve(channel, open_timeout, rx));
         PeerCalls { tx }
     }
 
     /// Sends one call and waits for its reply (callers bound the wait).
-    pub async fn call(&self, kind: call::Kind) -> Result<reply::Kind, CallError> {
+    pub(super) async fn call(&self, kind: call::Kind) -> Result<reply::Kind, CallError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Outgoing { kind, reply })

@@ -1,11 +1,17 @@
 //! Raft traffic between nodes over gRPC (`raftkv.raft.v1`): the client side that openraft
-//! drives ([`client::Network`]) and the service that feeds incoming RPCs to openraft
-//! ([`server::RaftService`]).
+//! drives ([`Network`], which also carries the replica's calls to the leader: it implements
+//! [`crate::replica::LeaderLink`]) and the service that feeds incoming RPCs to openraft and the
+//! replica ([`RaftService`]). Only the wire: what to send and when is decided above and below.
 
-pub mod calls;
-pub mod client;
-pub mod coalesce;
-pub mod server;
+mod calls;
+mod coalesce;
+mod connection;
+mod network;
+mod server;
+mod snapshot;
+
+pub(crate) use network::Network;
+pub(crate) use server::RaftService;
 
 use std::sync::{Arc, RwLock};
 
@@ -15,13 +21,13 @@ use crate::identity::ClusterIdFile;
 /// refuses messages of another cluster, so that two clusters whose addresses overlap (a stale
 /// volume, a recycled pod IP) can never mix their logs.
 #[derive(Clone)]
-pub struct ClusterFence {
+pub(crate) struct ClusterFence {
     current: Arc<RwLock<Option<String>>>,
     file: Arc<ClusterIdFile>,
 }
 
 impl ClusterFence {
-    pub fn new(file: ClusterIdFile) -> std::io::Result<Self> {
+    pub(crate) fn new(file: ClusterIdFile) -> std::io::Result<Self> {
         let current = file.read()?;
         Ok(ClusterFence {
             current: Arc::new(RwLock::new(current)),
@@ -29,17 +35,17 @@ impl ClusterFence {
         })
     }
 
-    pub fn get(&self) -> Option<String> {
+    pub(crate) fn get(&self) -> Option<String> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The id to put on outgoing messages ("" while this node belongs to no cluster yet).
-    pub fn outgoing(&self) -> String {
+    pub(crate) fn outgoing(&self) -> String {
         self.get().unwrap_or_default()
     }
 
     /// Records the cluster id, if this node has none yet.
-    pub fn adopt(&self, id: &str) -> std::io::Result<()> {
+    pub(crate) fn adopt(&self, id: &str) -> std::io::Result<()> {
         if id.is_empty() {
             return Ok(());
         }
@@ -53,7 +59,7 @@ impl ClusterFence {
     }
 
     /// Checks an incoming message's cluster id; a node without one adopts the sender's.
-    pub fn check(&self, incoming: &str) -> Result<(), tonic::Status> {
+    pub(crate) fn check(&self, incoming: &str) -> Result<(), tonic::Status> {
         match self.get() {
             Some(mine) if !incoming.is_empty() && mine != incoming => Err(tonic::Status::failed_precondition(format!(
                 "cluster id mismatch: this node belongs to cluster {mine}, the message to {incoming}"
@@ -66,10 +72,10 @@ impl ClusterFence {
     }
 }
 
-/// The read-index vocabulary on the wire and in `api::vouch`.
+/// The read-index vocabulary on the wire and in `replica::vouch`.
 mod vouch_wire {
-    use crate::api::vouch::{Stamp, Vouch};
     use crate::pb::raft as pb;
+    use crate::replica::{Stamp, Vouch};
 
     impl From<Stamp> for pb::Stamp {
         fn from(s: Stamp) -> Self {

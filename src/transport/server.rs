@@ -1,6 +1,5 @@
 //! The receiving side of Raft traffic: decodes each RPC and hands it to openraft.
 
-use std::io::Write;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -14,30 +13,28 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::coalesce::FollowerReads;
+use super::snapshot::receive_snapshot;
 use super::ClusterFence;
-use crate::api::propose::{ProposeError, Proposer};
-use crate::api::read_index::{NoReadIndex, ReadIndexer};
-use crate::api::vouch::Vouch;
+use crate::codec::{decode, encode};
 use crate::pb::raft::raft_server::Raft as RaftRpc;
 use crate::pb::raft::{
     call, reply, snapshot_chunk, Call, Failure, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
     ReadIndexResponse, Reply, SnapshotChunk,
 };
-use crate::storage::codec::{decode, encode};
-use crate::storage::snapshot::SnapshotReader;
+use crate::replica::{NoReadIndex, ProposeError, Raft, Replica, Vouch};
 use crate::storage::{SnapshotData, StateMachine};
-use crate::types::{NodeId, Proposal, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{NodeId, Proposal, SnapshotMeta, TypeConfig, Vote};
 
+/// The Raft service (`raftkv.raft.v1`) of one node.
 #[derive(Clone)]
-pub struct RaftService {
+pub(crate) struct RaftService {
     id: NodeId,
     raft: Raft,
     fence: ClusterFence,
     sm: StateMachine,
-    /// Followers' writes join this node's proposals.
-    proposer: Proposer,
-    /// Followers' read index requests join this node's confirmations.
-    reads: ReadIndexer,
+    /// Followers' writes join this node's proposals, and their read-index requests this
+    /// node's confirmations.
+    replica: Replica,
     /// Told of each: commit updates then reach followers at once (see `coalesce`).
     follower_reads: FollowerReads,
 }
@@ -53,22 +50,13 @@ fn check_target(me: NodeId, target: u64) -> Result<(), Status> {
 }
 
 impl RaftService {
-    pub fn new(
-        id: NodeId,
-        raft: Raft,
-        fence: ClusterFence,
-        sm: StateMachine,
-        proposer: Proposer,
-        reads: ReadIndexer,
-        follower_reads: FollowerReads,
-    ) -> Self {
+    pub(crate) fn new(replica: Replica, fence: ClusterFence, follower_reads: FollowerReads) -> Self {
         RaftService {
-            id,
-            raft,
+            id: replica.id(),
+            raft: replica.raft().clone(),
+            sm: replica.state().clone(),
             fence,
-            sm,
-            proposer,
-            reads,
+            replica,
             follower_reads,
         }
     }
@@ -118,13 +106,13 @@ impl RaftService {
         self.fence.check(&r.cluster_id)?;
         self.follower_reads.asked();
         match self
-            .reads
+            .replica
             .read_index_here(r.lease, r.vouch.as_ref().map(Vouch::from))
             .await
         {
             Ok(index) => Ok(ReadIndexResponse {
                 index,
-                stamp: Some(self.reads.stamp().into()),
+                stamp: Some(self.replica.stamp().into()),
             }),
             Err(NoReadIndex::NotLeader) => Err(Status::failed_precondition("this node is not the leader")),
             Err(NoReadIndex::Retry(m)) => Err(Status::unavailable(m)),
@@ -138,7 +126,7 @@ impl RaftService {
         let Proposal(commands) =
             decode(&r.proposal).map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
         let deadline = Instant::now() + Duration::from_millis(u64::from(r.timeout_ms));
-        match self.proposer.propose_here(commands, deadline).await {
+        match self.replica.propose_here(commands, deadline).await {
             Ok(results) => Ok(ProposeResponse {
                 results: Bytes::from(encode(&results).map_err(|e| Status::internal(e.to_string()))?),
             }),
@@ -297,42 +285,4 @@ impl RaftRpc for RaftService {
         let resp = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
         self.reply(&resp)
     }
-}
-
-/// Writes the data chunks to `path`, then verifies the whole file (format and checksum)
-/// before anyone trusts it.
-async fn receive_snapshot(
-    stream: &mut Streaming<SnapshotChunk>,
-    path: &std::path::Path,
-    expected: u64,
-) -> Result<(), Status> {
-    let io = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    let mut received = 0u64;
-    while let Some(chunk) = stream.next().await {
-        match chunk?.kind {
-            Some(snapshot_chunk::Kind::Data(data)) => {
-                received += data.len() as u64;
-                file.write_all(&data).map_err(io)?;
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "only data chunks may follow the snapshot header",
-                ))
-            }
-        }
-    }
-    if received != expected {
-        return Err(Status::data_loss(format!(
-            "snapshot truncated: received {received} of {expected} bytes"
-        )));
-    }
-    let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || SnapshotReader::open(&path)?.verify())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::data_loss(format!("received snapshot is corrupt: {e}")))?;
-    Ok(())
 }

@@ -11,13 +11,15 @@ use crate::network::GATEWAY;
 use crate::pki::Pki;
 use crate::process::Proc;
 
+/// A running control plane; dropping it stops its processes.
 pub struct ControlPlane {
+    /// Its data, PKI and logs (`logs/<component>.log`).
     pub dir: PathBuf,
-    pub pki: Pki,
-    pub server: String,
-    pub api_host: String,
+    /// The API server's port on the pod bridge's host address.
     pub api_port: u16,
+    /// A kubeconfig with cluster-admin rights, for kubectl and helm.
     pub admin_kubeconfig: PathBuf,
+    pki: Pki,
     procs: Vec<Proc>,
 }
 
@@ -78,8 +80,6 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             dir: dir.to_path_buf(),
             pki,
-            server: server.clone(),
-            api_host: GATEWAY.into(),
             api_port,
             admin_kubeconfig,
             procs,
@@ -105,9 +105,9 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Waits until the API server answers and its system namespaces exist: it creates them
-    /// in a controller of its own after it starts serving, and the kubelet's node lease lives
-    /// in `kube-node-lease` (CI once saw the lease refused: namespace not found).
+    /// Waits until the API server answers and its system namespaces exist. It creates them
+    /// in a controller of its own after it starts serving, so answering is not enough: the
+    /// kubelet's node lease lives in `kube-node-lease`, and is refused until that exists.
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = self.client().await?;
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
@@ -143,6 +143,7 @@ impl ControlPlane {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// The cluster CA's certificate, which pods get beside their service-account token.
     pub fn ca_pem(&self) -> anyhow::Result<String> {
         Ok(std::fs::read_to_string(self.pki.dir.join("ca.crt"))?)
     }

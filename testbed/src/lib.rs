@@ -6,12 +6,15 @@
 //! Pods get real addresses (10.244.0.0/16 on a bridge this test bed creates) so that
 //! EndpointSlices, probes and Prometheus' pod discovery work as in a cluster; nothing in that
 //! range is routed anywhere else. Everything the test bed starts is stopped when it is dropped.
+//!
+//! The crate exports what its users drive: the [`ControlPlane`], the [`Kubelet`], and the
+//! pod [`network`] and [`process`] handles that the nemesis suite builds its own clusters from.
 
-pub mod control_plane;
-pub mod kubelet;
+mod control_plane;
+mod kubelet;
 pub mod network;
-pub mod pki;
+mod pki;
 pub mod process;
 
 pub use control_plane::ControlPlane;
-pub use kubelet::Kubelet;
+pub use kubelet::{Kubelet, KubeletConfig};

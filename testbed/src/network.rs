@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context};
 
@@ -28,13 +28,14 @@ pub struct Layout {
 }
 
 /// The Kubernetes test bed's pod network.
-pub const TESTBED: Layout = Layout {
+const TESTBED: Layout = Layout {
     bridge: "rkvtb0",
     net: "10.244",
     prefix: "rkvtb",
     unreachable: Some("10.96.0.0/12"),
 };
-pub const GATEWAY: &str = "10.244.0.1";
+/// The host's address on [`TESTBED`]'s bridge, where the API server listens.
+pub(crate) const GATEWAY: &str = "10.244.0.1";
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output().context("running ip")?;
@@ -45,7 +46,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Layout {
-    pub fn gateway(&self) -> String {
+    /// The host's address on the bridge.
+    fn gateway(&self) -> String {
         format!("{}.0.1", self.net)
     }
 }
@@ -64,6 +66,7 @@ pub struct PodNet {
     host_veth: String,
 }
 
+/// A bridge and the pods on it; dropping it removes every pod's namespace and the bridge.
 pub struct Network {
     layout: Layout,
     next: AtomicU32,
@@ -89,11 +92,12 @@ fn clean_leftovers(layout: &Layout) {
 }
 
 impl Network {
-    /// The test bed's pod network ([`TESTBED`]).
+    /// The test bed's pod network: 10.244.0.0/16 on `rkvtb0`, the Service range unreachable.
     pub fn setup() -> anyhow::Result<Network> {
         Network::setup_with(TESTBED)
     }
 
+    /// A network of `layout`, after removing what an earlier run of it left behind.
     pub fn setup_with(layout: Layout) -> anyhow::Result<Network> {
         clean_leftovers(&layout);
         ip(&["link", "add", layout.bridge, "type", "bridge"])
@@ -110,14 +114,15 @@ impl Network {
         })
     }
 
-    /// The host's address on the bridge.
-    pub fn gateway(&self) -> String {
-        self.layout.gateway()
+    /// The pods' places by key. Poisoning is ignored: the drop that removes the namespaces
+    /// must still work after a panic.
+    fn pods(&self) -> MutexGuard<'_, BTreeMap<String, PodNet>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates a network namespace with its own address for the pod `key` (its uid).
     pub fn add_pod(&self, key: &str) -> anyhow::Result<PodNet> {
-        if let Some(p) = self.pods.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(p) = self.pods().get(key) {
             return Ok(p.clone());
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
@@ -151,15 +156,13 @@ impl Network {
             device: pod_veth,
             host_veth,
         };
-        self.pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), p.clone());
+        self.pods().insert(key.to_string(), p.clone());
         Ok(p)
     }
 
-    pub fn remove_pod(&self, key: &str) {
-        let removed = self.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    /// Removes the pod's namespace, veth pair and hosts file.
+    pub(crate) fn remove_pod(&self, key: &str) {
+        let removed = self.pods().remove(key);
         if let Some(p) = removed {
             ip_quiet(&["link", "del", &p.host_veth]);
             ip_quiet(&["netns", "del", &p.netns]);
@@ -169,12 +172,12 @@ impl Network {
 
     /// Writes the same name table into every pod's /etc/hosts. Written in place (not renamed):
     /// running pods see the file through a bind mount of its inode.
-    pub fn write_hosts(&self, entries: &[(String, Vec<String>)]) {
+    pub(crate) fn write_hosts(&self, entries: &[(String, Vec<String>)]) {
         let mut text = String::from("127.0.0.1 localhost\n");
         for (ip, names) in entries {
             text.push_str(&format!("{ip} {}\n", names.join(" ")));
         }
-        for p in self.pods.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for p in self.pods().values() {
             let path = format!("/etc/netns/{}/hosts", p.netns);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 use std::io::Write;
@@ -188,13 +191,7 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        let keys: Vec<String> = self
-            .pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> = self.pods().keys().cloned().collect();
         for k in keys {
             self.remove_pod(&k);
         }

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-pub struct Pki {
-    pub dir: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -24,7 +24,7 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 
 impl Pki {
     /// Creates everything under `dir`; `server_ips` are the API server's IP SANs.
-    pub fn create(dir: &Path, server_ips: &[&str]) -> anyhow::Result<Pki> {
+    pub(crate) fn create(dir: &Path, server_ips: &[&str]) -> anyhow::Result<Pki> {
         std::fs::create_dir_all(dir)?;
         openssl(
             dir,
@@ -105,12 +105,12 @@ impl Pki {
         )
     }
 
-    pub fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         self.dir.join(file).display().to_string()
     }
 
     /// A kubeconfig for the client certificate `name` against `server`.
-    pub fn kubeconfig(&self, name: &str, server: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn kubeconfig(&self, name: &str, server: &str) -> anyhow::Result<PathBuf> {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
              users:\n- name: {name}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\n\

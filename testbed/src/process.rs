@@ -6,8 +6,9 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+/// A child process in a process group of its own, named for error messages.
 pub struct Proc {
-    pub name: String,
+    pub(crate) name: String,
     child: Child,
 }
 
@@ -27,10 +28,11 @@ impl Proc {
         })
     }
 
-    pub fn pid(&self) -> Pid {
+    fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Sends `sig` to the process's group and to the process itself; errors (it is gone) are moot.
     pub fn signal(&self, sig: Signal) {
         let _ = killpg(self.pid(), sig);
         let _ = kill(self.pid(), sig);
@@ -46,6 +48,7 @@ impl Proc {
         }
     }
 
+    /// SIGKILLs the process group and waits for the process.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);
         let _ = self.child.wait();
