@@ -96,6 +96,14 @@ pub(super) fn status_err(status: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl Connection {
+    /// Counts one RPC to this peer by method and result, and its round trip if it succeeded.
+    fn observe(&self, method: &str, result: &str, started: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            let elapsed = (result == "ok").then(|| started.elapsed());
+            m.rpc(self.target, method, result, elapsed);
+        }
+    }
+
     pub(super) fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().map_err(unreachable)
     }
@@ -137,10 +145,7 @@ impl Connection {
             decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(network_err(e)))
         }
         .await;
-        if let Some(m) = &self.metrics {
-            let elapsed = result.is_ok().then(|| started.elapsed());
-            m.rpc(self.target, method_label(action), result_label(&result), elapsed);
-        }
+        self.observe(method_label(action), result_label(&result), started);
         result
     }
 }
@@ -308,18 +313,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let started = std::time::Instant::now();
-        let target = self.target;
-        let metrics = self.metrics.clone();
         let result = self.send_snapshot(vote, snapshot, cancel, option).await;
-        if let Some(m) = metrics {
-            let label = if result.is_ok() { "ok" } else { "error" };
-            m.rpc(
-                target,
-                "install_snapshot",
-                label,
-                result.is_ok().then(|| started.elapsed()),
-            );
-        }
+        self.observe("install_snapshot", if result.is_ok() { "ok" } else { "error" }, started);
         result
     }
 
@@ -360,10 +355,7 @@ impl Connection {
                 .unwrap_or_else(|_| Err(self.timeout_err(RPCTypes::AppendEntries, ttl))),
             Err(e) => Err(e),
         };
-        if let Some(m) = &self.metrics {
-            let elapsed = result.is_ok().then(|| started.elapsed());
-            m.rpc(self.target, "append_entries_call", result_label(&result), elapsed);
-        }
+        self.observe("append_entries_call", result_label(&result), started);
         result
     }
 }

@@ -22,17 +22,14 @@ use crate::pb::raft::{
     ReadIndexResponse, Reply, SnapshotChunk,
 };
 use crate::replica::{NoReadIndex, ProposeError, Raft, Replica, Vouch};
-use crate::storage::{SnapshotData, StateMachine};
+use crate::storage::SnapshotData;
 use crate::types::{NodeId, Proposal, SnapshotMeta, TypeConfig, Vote};
 
 /// The Raft service (`raftkv.raft.v1`) of one node.
 #[derive(Clone)]
 pub(crate) struct RaftService {
-    id: NodeId,
-    raft: Raft,
     fence: ClusterFence,
-    sm: StateMachine,
-    /// Followers' writes join this node's proposals, and their read-index requests this
+    /// This node's Raft and state; followers' writes join this node's proposals, and their read-index requests this
     /// node's confirmations.
     replica: Replica,
     /// Told of each: commit updates then reach followers at once (see `coalesce`).
@@ -52,9 +49,6 @@ fn check_target(me: NodeId, target: u64) -> Result<(), Status> {
 impl RaftService {
     pub(crate) fn new(replica: Replica, fence: ClusterFence, follower_reads: FollowerReads) -> Self {
         RaftService {
-            id: replica.id(),
-            raft: replica.raft().clone(),
-            sm: replica.state().clone(),
             fence,
             replica,
             follower_reads,
@@ -62,17 +56,30 @@ impl RaftService {
     }
 
     fn open<T: DeserializeOwned>(&self, msg: &RaftMessage) -> Result<T, Status> {
-        check_target(self.id, msg.target)?;
+        check_target(self.id(), msg.target)?;
         self.fence.check(&msg.cluster_id)?;
         decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
     }
 
-    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
-        Ok(Response::new(RaftMessage {
+    /// An answer to a peer, stamped with this node's cluster id.
+    fn message<T: Serialize>(&self, value: &T) -> Result<RaftMessage, Status> {
+        Ok(RaftMessage {
             cluster_id: self.fence.outgoing(),
             payload: Bytes::from(encode(value).map_err(|e| Status::internal(e.to_string()))?),
             target: 0,
-        }))
+        })
+    }
+
+    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
+        self.message(value).map(Response::new)
+    }
+
+    fn id(&self) -> NodeId {
+        self.replica.id()
+    }
+
+    fn raft(&self) -> &Raft {
+        self.replica.raft()
     }
 }
 
@@ -89,20 +96,16 @@ impl RaftService {
     /// One AppendEntries request (a heartbeat), answered as `StreamAppend` answers.
     async fn append_one(&self, msg: &RaftMessage) -> Result<RaftMessage, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(msg)?;
-        let mut results = Box::pin(self.raft.stream_append(futures::stream::once(async move { rpc })));
+        let mut results = Box::pin(self.raft().stream_append(futures::stream::once(async move { rpc })));
         match results.next().await {
-            Some(Ok(result)) => Ok(RaftMessage {
-                cluster_id: self.fence.outgoing(),
-                payload: Bytes::from(encode(&result).map_err(|e| Status::internal(e.to_string()))?),
-                target: 0,
-            }),
+            Some(Ok(result)) => self.message(&result),
             Some(Err(e)) => Err(fatal(e)),
             None => Err(Status::unavailable("raft node unavailable")),
         }
     }
 
     async fn read_index(&self, r: &ReadIndexRequest) -> Result<ReadIndexResponse, Status> {
-        check_target(self.id, r.target)?;
+        check_target(self.id(), r.target)?;
         self.fence.check(&r.cluster_id)?;
         self.follower_reads.asked();
         match self
@@ -121,7 +124,7 @@ impl RaftService {
     }
 
     async fn propose(&self, r: ProposeRequest) -> Result<ProposeResponse, Status> {
-        check_target(self.id, r.target)?;
+        check_target(self.id(), r.target)?;
         self.fence.check(&r.cluster_id)?;
         let Proposal(commands) =
             decode(&r.proposal).map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
@@ -149,19 +152,19 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + S
 impl RaftRpc for RaftService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = self.open(req.get_ref())?;
-        let resp = self.raft.vote(rpc).await.map_err(fatal)?;
+        let resp = self.raft().vote(rpc).await.map_err(fatal)?;
         self.reply(&resp)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = self.open(req.get_ref())?;
-        let resp = self.raft.pre_vote(rpc).await.map_err(fatal)?;
+        let resp = self.raft().pre_vote(rpc).await.map_err(fatal)?;
         self.reply(&resp)
     }
 
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(req.get_ref())?;
-        let resp = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        let resp = self.raft().append_entries(rpc).await.map_err(fatal)?;
         self.reply(&resp)
     }
 
@@ -176,7 +179,7 @@ impl RaftRpc for RaftService {
         // A request that cannot be decoded or belongs to another cluster ends the stream: the
         // leader reconnects and starts over, which is what Raft needs anyway.
         let fence_in = fence.clone();
-        let me = self.id;
+        let me = self.id();
         let mut input = input;
         // The first message decides: a stream meant for another node (or cluster) is refused
         // with an error the leader can see, rather than silently ended.
@@ -206,7 +209,7 @@ impl RaftRpc for RaftService {
                     }
                 }
             });
-        let out = self.raft.stream_append(requests).map(move |res| match res {
+        let out = self.raft().stream_append(requests).map(move |res| match res {
             Ok(r) => encode(&r)
                 .map(|payload| RaftMessage {
                     cluster_id: fence.outgoing(),
@@ -228,13 +231,13 @@ impl RaftRpc for RaftService {
             Some(Err(e)) => return Err(e),
             _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
         };
-        check_target(self.id, header.target)?;
+        check_target(self.id(), header.target)?;
         self.fence.check(&header.cluster_id)?;
         let vote: Vote = decode(&header.vote).map_err(|e| Status::invalid_argument(format!("bad vote: {e}")))?;
         let meta: SnapshotMeta =
             decode(&header.meta).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
 
-        let path = self.sm.incoming_snapshot_path();
+        let path = self.replica.state().incoming_snapshot_path();
         let result = receive_snapshot(&mut stream, &path, header.size_bytes).await;
         if let Err(e) = result {
             let _ = std::fs::remove_file(&path);
@@ -244,7 +247,7 @@ impl RaftRpc for RaftService {
             meta,
             snapshot: SnapshotData::open(path.clone()).map_err(|e| Status::internal(e.to_string()))?,
         };
-        let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal);
+        let resp = self.raft().install_full_snapshot(vote, snapshot).await.map_err(fatal);
         // Installed snapshots are renamed away; a refused one is left behind as a .part file.
         let _ = std::fs::remove_file(&path);
         self.reply(&resp?)
@@ -282,7 +285,7 @@ impl RaftRpc for RaftService {
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = self.open(req.get_ref())?;
-        let resp = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
+        let resp = self.raft().handle_transfer_leader(rpc).await.map_err(fatal)?;
         self.reply(&resp)
     }
 }
