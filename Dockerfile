@@ -28,6 +28,8 @@ COPY nemesis/src nemesis/src
 # The same command CI runs (scripts/build-release.sh).
 RUN find src client/src harness/src operator/src testbed/src nemesis/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --workspace
+# The data directory, owned by the user the node runs as (Docker copies it into a new volume).
+RUN mkdir -p /out/data
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
@@ -38,6 +40,10 @@ LABEL org.opencontainers.image.title="raftkv" \
       org.opencontainers.image.source="https://raftkv.dev"
 COPY --from=builder /src/target/release/raftkv /usr/local/bin/raftkv
 COPY --from=builder /src/target/release/raftkv-operator /usr/local/bin/raftkv-operator
+COPY --from=builder --chown=65532:65532 /out/data /data
+# Never root: the distroless `nonroot` user, the uid/gid the operator's pods and the chart
+# run as (Pod Security "restricted"). Both binaries write only to their data directory, so the
+# root filesystem can be read-only.
 USER 65532:65532
 # 7000: Raft and admin gRPC; 8080: HTTP API and metrics.
 EXPOSE 7000 8080

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -17,9 +20,37 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::RaftCluster;
-use crate::names::{selector_labels, Names, DATA_VOLUME, HTTP_PORT, RAFT_PORT};
+use crate::names::{selector_labels, Names, DATA_VOLUME, HTTP_PORT, RAFT_PORT, TLS_DIR};
+use crate::tls::Mode;
 
-fn labels(name: &str) -> BTreeMap<String, String> {
+/// The uid and gid the nodes run as (the image's `nonroot` user), and the group that owns
+/// their volumes.
+pub const NODE_UID: i64 = 65532;
+
+/// The security context of Pod Security's "restricted" level, for a container.
+pub(crate) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// The labels of every object the operator makes for the cluster `name`.
+pub(crate) fn labels(name: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(name);
     l.insert("app.kubernetes.io/managed-by".into(), "raftkv-operator".into());
     l.insert("app.kubernetes.io/component".into(), "node".into());
@@ -30,7 +61,8 @@ fn owner(rc: &RaftCluster) -> Option<OwnerReference> {
     rc.controller_owner_ref(&())
 }
 
-fn meta(rc: &RaftCluster, n: &Names, name: &str) -> ObjectMeta {
+/// An owned object's metadata: the cluster's namespace and labels, owned by the RaftCluster.
+pub(crate) fn meta(rc: &RaftCluster, n: &Names, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
         namespace: Some(n.namespace.clone()),
@@ -54,7 +86,7 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
             n.headless, n.namespace, n.cluster_domain
         )
     };
-    let args = vec![
+    let mut args = vec![
         "serve".to_string(),
         "--data-dir=/data".into(),
         format!("--raft-addr=0.0.0.0:{RAFT_PORT}"),
@@ -67,6 +99,22 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
         format!("--snapshot-threshold={}", spec.raft.snapshot_threshold),
         "--log-format=json".into(),
     ];
+    let tls = Mode::of(&spec.tls);
+    if let Some((cert, key)) = tls.files() {
+        let ca = format!("{TLS_DIR}/ca.crt");
+        // etcd's flags. Peers (Raft and the admin service) must present a certificate from
+        // the cluster's CA: only the pods and the operator have one. Clients of the HTTP API
+        // prove who they are with credentials (spec.auth), not certificates.
+        args.extend([
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
     let env = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -82,6 +130,8 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: (tls != Mode::Off).then(|| "HTTPS".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -89,6 +139,46 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
         failure_threshold: Some(failures),
         ..Default::default()
     };
+    // The root filesystem is read-only: the node writes only to its data volume, and /tmp is
+    // an emptyDir for anything that wants a scratch file.
+    let mut mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: "/data".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if tls != Mode::Off {
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(n.tls_secret()),
+                // Readable by the node's group (fsGroup) only: the keys are in here.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: "raftkv".into(),
         image: Some(spec.image.clone()),
@@ -114,21 +204,8 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
         // Generous: a slow node that still serves must not be killed (rqlite's lesson).
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: "/data".into(),
-            ..Default::default()
-        }]),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Default::default()
     };
     let mut pod_labels = labels(&n.name);
@@ -158,9 +235,13 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
     });
     let security = spec.pod.security_context.clone().unwrap_or(PodSecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(65532),
-        run_as_group: Some(65532),
-        fs_group: Some(65532),
+        run_as_user: Some(NODE_UID),
+        run_as_group: Some(NODE_UID),
+        // The data volume and the certificates belong to this group, so the node can use them.
+        fs_group: Some(NODE_UID),
+        // A large volume is not walked on every start once its owner is right.
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(runtime_default()),
         ..Default::default()
     });
     let mut requests = BTreeMap::new();
@@ -189,6 +270,9 @@ pub fn statefulset(rc: &RaftCluster, n: &Names, replicas: u32) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: Some(volumes),
+                    // The nodes never talk to the Kubernetes API.
+                    automount_service_account_token: Some(false),
                     // SIGTERM hands leadership over and drains: well within 30 s.
                     termination_grace_period_seconds: Some(30),
                     security_context: Some(security),
@@ -292,6 +376,72 @@ pub fn pdb(rc: &RaftCluster, n: &Names, voters: u32) -> PodDisruptionBudget {
     }
 }
 
+/// The operator's pods, which the NetworkPolicy lets reach the peer port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPods {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Traffic to the cluster's pods: the peer port (Raft and the admin service) from the
+/// cluster's own pods and the operator only; the client port (HTTP API, metrics, probes) from
+/// `spec.networkPolicy.clientFrom`, the cluster's pods and the operator, or from anyone if that
+/// is unset. What leaves the pods is not restricted: they need their peers and DNS.
+pub fn network_policy(rc: &RaftCluster, n: &Names, operator: &OperatorPods) -> NetworkPolicy {
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(&n.name)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let operator_pods = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                operator.namespace.clone(),
+            )])),
+            ..Default::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(operator.labels.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tcp = |port: i32| NetworkPolicyPort {
+        protocol: Some("TCP".into()),
+        port: Some(IntOrString::Int(port)),
+        ..Default::default()
+    };
+    let client_from = rc.spec.network_policy.client_from.clone().map(|mut from| {
+        from.push(own_pods.clone());
+        from.push(operator_pods.clone());
+        from
+    });
+    NetworkPolicy {
+        metadata: meta(rc, n, &n.name),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&n.name)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp(RAFT_PORT)]),
+                    from: Some(vec![own_pods, operator_pods]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp(HTTP_PORT)]),
+                    from: client_from,
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +501,55 @@ mod tests {
         assert_eq!(sts.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         let pvc = &spec.volume_claim_templates.as_ref().unwrap()[0];
         assert!(pvc.metadata.owner_references.is_none(), "PVCs are never owned");
+    }
+
+    #[test]
+    fn pods_meet_pod_security_restricted_with_a_writable_data_volume_and_tmp() {
+        let mut r = rc();
+        r.spec.tls.enabled = true;
+        let sts = serde_json::to_value(statefulset(&r, &Names::of(&r, "cluster.local"), 3)).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], true);
+        assert_eq!(psc["runAsUser"], NODE_UID);
+        assert_eq!(psc["runAsGroup"], NODE_UID);
+        assert_eq!(psc["fsGroup"], NODE_UID, "the volumes belong to the node's group");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+        let c = &pod["containers"][0];
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let mounts: Vec<&str> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert_eq!(mounts, ["/data", "/tmp", TLS_DIR]);
+        let tls = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .unwrap();
+        assert_eq!(
+            tls["secret"]["defaultMode"], 0o440,
+            "keys readable by the node's group only"
+        );
+    }
+
+    #[test]
+    fn without_tls_the_pods_have_no_certificate_flags_or_volume() {
+        let r = rc();
+        let sts = statefulset(&r, &Names::of(&r, "cluster.local"), 3);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(args.iter().all(|a| !a.contains("cert-file")), "{args:?}");
+        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "tls"));
+        let probe = pod.containers[0].readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(probe.scheme, None);
     }
 
     #[test]

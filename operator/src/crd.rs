@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, PodSecurityContext, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -74,6 +75,12 @@ pub struct RaftClusterSpec {
     pub service: ServiceSpec,
     #[serde(default)]
     pub pod_disruption_budget: PdbSpec,
+    #[serde(default)]
+    pub tls: TlsSpec,
+    #[serde(default)]
+    pub auth: AuthSpec,
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Stop all membership actions (for manual disaster recovery); children are still kept.
     #[serde(default)]
     pub paused: bool,
@@ -227,6 +234,74 @@ impl Default for PdbSpec {
     }
 }
 
+/// TLS on every listener: HTTPS on the client port, mutual TLS on the peer port (Raft and
+/// the admin service), where only the cluster's pods and the operator hold a certificate the
+/// nodes accept. Chosen when the cluster is created: a running cluster cannot switch, since
+/// its pods could not talk to each other half-way through the rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A cert-manager Issuer or ClusterIssuer that signs the certificates. Without one the
+    /// operator is the certificate authority: it keeps a CA in the Secret `<name>-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// How long each certificate is valid, e.g. "2160h" (the default, 90 days) or "90m"; at
+    /// least one minute. Certificates are renewed after two thirds of it, without restarting
+    /// the pods: the nodes reload changed certificate files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_lifetime: Option<String>,
+}
+
+/// A cert-manager issuer, as cert-manager's own `issuerRef` names it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// Issuer (the default) or ClusterIssuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Default: cert-manager.io.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Authentication and roles on the nodes, as etcd has them.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The operator creates user `root` with role `root`, keeps its password in the Secret
+    /// `<name>-root` (keys `username`, `password`; created once, never overwritten, and not
+    /// deleted with the cluster: the users live in the cluster's data), and turns
+    /// authentication on.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// The NetworkPolicy the operator keeps for the cluster's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// The peer port (Raft and the admin service) is open only to the cluster's own pods and
+    /// the operator; the client port (HTTP API and metrics) as `clientFrom` says.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Who may reach the client port besides the cluster's pods and the operator (e.g. the
+    /// applications' namespaces and Prometheus). Unset: everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            client_from: None,
+        }
+    }
+}
+
 /// What the operator observed and did.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +331,12 @@ pub struct RaftClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<LastAction>,
+    /// When the first of the cluster's certificates expires (with spec.tls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_not_after: Option<Time>,
+    /// Whether the nodes have authentication on, as last seen (with spec.auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_enabled: Option<bool>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

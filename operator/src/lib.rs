@@ -5,7 +5,9 @@
 //! through [`nodes`], and writes the status. It talks to the nodes only through
 //! `raftkv-client`, so it builds without the server.
 
+mod auth;
 mod children;
+pub use children::OperatorPods;
 pub mod crd;
 mod http_server;
 mod leader;
@@ -16,3 +18,4 @@ mod planner;
 pub mod reconcile;
 pub mod run;
 mod status;
+mod tls;

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (the default).
-    Run(raftkv_operator::run::RunArgs),
+    Run(Box<raftkv_operator::run::RunArgs>),
     /// Print the RaftCluster CRD as YAML.
     Crd,
 }
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     let Command::Run(args) = command else {
         return ExitCode::FAILURE;
     };
-    match rt.block_on(raftkv_operator::run::run(args)) {
+    match rt.block_on(raftkv_operator::run::run(*args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

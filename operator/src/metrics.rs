@@ -20,6 +20,7 @@ pub struct OperatorMetrics {
     pub ready_members: IntGaugeVec,
     pub voters: IntGaugeVec,
     pub desired: IntGaugeVec,
+    pub certificate_expiry: IntGaugeVec,
     pub is_leader: IntGauge,
 }
 
@@ -64,6 +65,13 @@ impl OperatorMetrics {
                 ),
                 &["namespace", "name"],
             )?,
+            certificate_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "raftkv_operator_certificate_expiry_timestamp_seconds",
+                    "When the first of a cluster's certificates expires (Unix time), per cluster with TLS.",
+                ),
+                &["namespace", "name"],
+            )?,
             is_leader: IntGauge::new("raftkv_operator_is_leader", "1 if this replica holds the leader lease.")?,
             registry: r,
         };
@@ -74,6 +82,7 @@ impl OperatorMetrics {
         m.registry.register(Box::new(m.ready_members.clone()))?;
         m.registry.register(Box::new(m.voters.clone()))?;
         m.registry.register(Box::new(m.desired.clone()))?;
+        m.registry.register(Box::new(m.certificate_expiry.clone()))?;
         m.registry.register(Box::new(m.is_leader.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry

@@ -10,6 +10,8 @@ use crate::crd::RaftCluster;
 pub const RAFT_PORT: i32 = 7000;
 pub const HTTP_PORT: i32 = 8080;
 pub const DATA_VOLUME: &str = "data";
+/// Where the pods find their certificates (the Secret `<name>-tls`, mounted read-only).
+pub const TLS_DIR: &str = "/etc/raftkv/tls";
 
 /// The names of a cluster's objects and the addresses of its pods.
 #[derive(Debug, Clone)]
@@ -44,6 +46,26 @@ impl Names {
             self.namespace,
             self.cluster_domain
         )
+    }
+
+    /// The Secret the pods mount their certificates from.
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.name)
+    }
+
+    /// The Secret of the operator's own CA for this cluster (never mounted).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+
+    /// The Secret of the operator's client certificate for this cluster.
+    pub fn operator_tls_secret(&self) -> String {
+        format!("{}-operator-tls", self.name)
+    }
+
+    /// The Secret of the `root` user's password.
+    pub fn root_secret(&self) -> String {
+        format!("{}-root", self.name)
     }
 
     pub fn pvc(&self, ordinal: u32) -> String {

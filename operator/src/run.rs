@@ -1,5 +1,6 @@
 //! The operator process: flags, the health/metrics server, leader election, the controller.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,6 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 
+use crate::children::OperatorPods;
 use crate::crd::RaftCluster;
 use crate::http_server;
 use crate::leader::{self, LeaseConfig};
@@ -52,6 +55,27 @@ pub struct RunArgs {
     /// Timeout of each admin call to a node (seconds).
     #[arg(long, default_value_t = 15)]
     pub node_timeout: u64,
+    /// Labels of the operator's own pods (`key=value,...`). With it, every RaftCluster gets a
+    /// NetworkPolicy that opens the peer port only to the cluster's pods and to pods with
+    /// these labels in --operator-namespace; without it, no NetworkPolicies are made.
+    #[arg(long, env = "RAFTKV_OPERATOR_POD_SELECTOR")]
+    pub operator_pod_selector: Option<String>,
+    /// The namespace the operator's pods run in (for the NetworkPolicies).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub operator_namespace: String,
+}
+
+/// `key=value,...` as labels.
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--operator-pod-selector: {pair:?} is not key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    anyhow::ensure!(!labels.is_empty(), "--operator-pod-selector names no label");
+    Ok(labels)
 }
 
 fn hostname() -> String {
@@ -65,6 +89,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("cannot build a Kubernetes client (in-cluster config or kubeconfig)")?;
     let metrics = Arc::new(OperatorMetrics::new().context("registering metrics")?);
+    let operator_pods = match &args.operator_pod_selector {
+        Some(s) => Some(OperatorPods {
+            namespace: args.operator_namespace.clone(),
+            labels: parse_labels(s)?,
+        }),
+        None => {
+            tracing::warn!("no --operator-pod-selector: RaftClusters get no NetworkPolicy");
+            None
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
     http_server::serve(args.metrics_addr, metrics.clone(), ready.clone()).await?;
 
@@ -83,7 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader::acquire(&api, &cfg).await;
         metrics.is_leader.set(1);
         tracing::info!(identity = %identity, "leading");
-        let controller = controller(client, &args, metrics.clone(), &identity);
+        let controller = controller(client, &args, metrics.clone(), &identity, operator_pods);
         tokio::select! {
             _ = leader::hold(&api, &cfg) => {
                 metrics.is_leader.set(0);
@@ -94,12 +128,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         metrics.is_leader.set(1);
         ready.store(true, Ordering::Relaxed);
-        controller(client, &args, metrics, &identity).await;
+        controller(client, &args, metrics, &identity, operator_pods).await;
         Ok(())
     }
 }
 
-async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics>, identity: &str) {
+async fn controller(
+    client: Client,
+    args: &RunArgs,
+    metrics: Arc<OperatorMetrics>,
+    identity: &str,
+    operator_pods: Option<OperatorPods>,
+) {
     let api = |c: &Client| -> Api<RaftCluster> {
         match &args.namespace {
             Some(ns) => Api::namespaced(c.clone(), ns),
@@ -115,6 +155,7 @@ async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics
         };
     }
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=raftkv-operator");
+    let network_policies = operator_pods.is_some();
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes: Arc::new(GrpcNodes::new(Duration::from_secs(args.node_timeout))),
@@ -128,11 +169,16 @@ async fn controller(client: Client, args: &RunArgs, metrics: Arc<OperatorMetrics
                 instance: Some(identity.to_string()),
             },
         ),
+        operator_pods,
     });
-    Controller::new(api(&client), watcher::Config::default())
+    let mut controller = Controller::new(api(&client), watcher::Config::default())
         .owns(owned!(StatefulSet), managed.clone())
         .owns(owned!(Service), managed.clone())
-        .owns(owned!(PodDisruptionBudget), managed.clone())
+        .owns(owned!(PodDisruptionBudget), managed.clone());
+    if network_policies {
+        controller = controller.owns(owned!(NetworkPolicy), managed.clone());
+    }
+    controller
         // Pods are not owned by the RaftCluster (the StatefulSet owns them), but their
         // readiness drives membership: map each back to its cluster by label.
         .watches(owned!(Pod), managed, |pod: Pod| {

@@ -21,6 +21,8 @@ pub struct StatusInput<'a> {
     pub action_error: Option<String>,
     pub previous: Option<&'a RaftClusterStatus>,
     pub now: Time,
+    pub certificates_not_after: Option<Time>,
+    pub auth_enabled: Option<bool>,
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, input: &StatusInput) -> Condition {
@@ -217,6 +219,8 @@ pub fn build(input: &StatusInput) -> RaftClusterStatus {
             .last_action
             .clone()
             .or_else(|| input.previous.and_then(|p| p.last_action.clone())),
+        certificates_not_after: input.certificates_not_after.clone(),
+        auth_enabled: input.auth_enabled,
     }
 }
 
@@ -280,6 +284,8 @@ mod tests {
             action_error: None,
             previous: prev,
             now: t(now),
+            certificates_not_after: None,
+            auth_enabled: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -100,6 +101,7 @@ fn validate(doc: &Value) -> Result<(), String> {
         "ServiceAccount" => round_trip::<ServiceAccount>(doc),
         "ConfigMap" => round_trip::<ConfigMap>(doc),
         "Namespace" => round_trip::<Namespace>(doc),
+        "NetworkPolicy" => round_trip::<NetworkPolicy>(doc),
         "Role" => round_trip::<Role>(doc),
         "RoleBinding" => round_trip::<RoleBinding>(doc),
         "ClusterRole" => round_trip::<ClusterRole>(doc),
@@ -144,6 +146,7 @@ fn every_rendered_object_is_valid_with_default_values() {
     assert_eq!(
         kinds(&docs),
         [
+            "NetworkPolicy",
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
@@ -162,7 +165,33 @@ fn every_rendered_object_is_valid_with_default_values() {
         c["image"], "raftkv/raftkv:0.1.0",
         "the tag defaults to the chart's appVersion"
     );
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_restricted(&dep["spec"]["template"]["spec"]);
+    let args = c["args"].to_string();
+    assert!(
+        args.contains("--operator-pod-selector=app.kubernetes.io/name=raftkv-operator,app.kubernetes.io/instance=demo"),
+        "the operator knows its own pods' labels, for the clusters' NetworkPolicies: {args}"
+    );
+    let np = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"],
+        "the operator's NetworkPolicy selects its pods"
+    );
+}
+
+/// Pod Security "restricted", as the API server's admission checks it: non-root, no
+/// privilege escalation, no capabilities, the runtime's seccomp profile; and a read-only root.
+fn assert_restricted(pod: &Value) {
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], true, "{pod:#}");
+    assert!(psc["runAsUser"].as_i64().is_some_and(|u| u > 0), "{pod:#}");
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{pod:#}");
+    for c in pod["containers"].as_array().unwrap() {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{c:#}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{c:#}");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{c:#}");
+        assert!(sc["capabilities"]["add"].is_null(), "{c:#}");
+    }
 }
 
 #[test]
@@ -201,6 +230,42 @@ fn every_rendered_object_is_valid_with_every_option_enabled() {
     let rc = docs.iter().find(|d| d["kind"] == "RaftCluster").unwrap();
     assert_eq!(rc["spec"]["replicas"], 5);
     assert_eq!(rc["spec"]["image"], "registry.example/raftkv:9.9.9");
+    assert_eq!(rc["spec"]["tls"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(rc["spec"]["auth"]["enabled"], true);
+    assert_eq!(
+        rc["spec"]["networkPolicy"]["clientFrom"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "orders"
+    );
+    let np = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "apps")
+        .unwrap();
+    let secrets = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"] == serde_json::json!(["secrets"]))
+        .expect("a rule for Secrets");
+    assert_eq!(
+        secrets["verbs"],
+        serde_json::json!(["get", "create", "patch"]),
+        "Secrets are never listed or watched"
+    );
+}
+
+#[test]
+fn the_chart_s_cluster_has_tls_and_authentication_on_by_default() {
+    let docs = render(&["--set", "cluster.enabled=true"]);
+    let rc = docs.iter().find(|d| d["kind"] == "RaftCluster").unwrap();
+    assert_eq!(rc["spec"]["tls"]["enabled"], true);
+    assert_eq!(rc["spec"]["auth"]["enabled"], true);
+    assert_eq!(rc["spec"]["networkPolicy"]["enabled"], true);
+    validate(rc).unwrap();
 }
 
 #[test]

@@ -32,6 +32,11 @@ impl Proc {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// The process id (the container's process itself: every wrapper before it execs).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `sig` to the process's group and to the process itself; errors (it is gone) are moot.
     pub fn signal(&self, sig: Signal) {
         let _ = killpg(self.pid(), sig);

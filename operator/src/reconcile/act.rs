@@ -12,6 +12,7 @@ use super::observe::Observation;
 use super::Context;
 use crate::crd::{LastAction, RaftCluster};
 use crate::names::{Names, HTTP_PORT, RAFT_PORT};
+use crate::nodes::Access;
 use crate::planner::Action;
 
 /// The admin address of a member other than `not`, preferring the leader.
@@ -44,6 +45,7 @@ pub(super) async fn act(
     ctx: &Context,
     n: &Names,
     obs: &Observation,
+    access: &Access,
     action: &Action,
 ) -> (Option<LastAction>, Option<String>) {
     let no_member = || "no member can be reached".to_string();
@@ -66,7 +68,7 @@ pub(super) async fn act(
                     (
                         Some(node.id),
                         Some(*ordinal),
-                        ctx.nodes.initialize(addr.clone(), vec![me]).await,
+                        ctx.nodes.initialize(addr.clone(), access, vec![me]).await,
                     )
                 }
                 _ => (None, Some(*ordinal), Err("pod 0 is not reachable".into())),
@@ -74,21 +76,29 @@ pub(super) async fn act(
         }
         Action::AddLearner { ordinal, id } => {
             let r = match via(obs, None) {
-                Some(addr) => ctx.nodes.add_learner(addr, add_request(n, *ordinal, *id, 0)).await,
+                Some(addr) => {
+                    ctx.nodes
+                        .add_learner(addr, access, add_request(n, *ordinal, *id, 0))
+                        .await
+                }
                 None => Err(no_member()),
             };
             (Some(*id), Some(*ordinal), r)
         }
         Action::Promote { ordinal, id } => {
             let r = match via(obs, None) {
-                Some(addr) => ctx.nodes.promote(addr, add_request(n, *ordinal, *id, 10_000)).await,
+                Some(addr) => {
+                    ctx.nodes
+                        .promote(addr, access, add_request(n, *ordinal, *id, 10_000))
+                        .await
+                }
                 None => Err(no_member()),
             };
             (Some(*id), Some(*ordinal), r)
         }
         Action::TransferLeadership { from } => {
             let r = match via(obs, None) {
-                Some(addr) => ctx.nodes.transfer_leadership(addr, 0).await,
+                Some(addr) => ctx.nodes.transfer_leadership(addr, access, 0).await,
                 None => Err(no_member()),
             };
             (Some(*from), None, r)
@@ -97,7 +107,7 @@ pub(super) async fn act(
             // The planner checked that the healthy voters left keep a quorum; `force` only
             // lifts the node's generic rails (e.g. 3 -> 2 voters), which the spec asked for.
             let r = match via(obs, Some(*id)) {
-                Some(addr) => ctx.nodes.remove(addr, *id, true).await,
+                Some(addr) => ctx.nodes.remove(addr, access, *id, true).await,
                 None => Err(no_member()),
             };
             (Some(*id), *ordinal, r)

@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -38,11 +39,19 @@ pub(super) async fn apply_children(
     apply(&svc, &n.name, &children::client_service(rc, n)).await?;
     let sts: Api<StatefulSet> = Api::namespaced(c.clone(), ns);
     apply(&sts, &n.name, &children::statefulset(rc, n, replicas)).await?;
-    let pdb: Api<PodDisruptionBudget> = Api::namespaced(c, ns);
+    let pdb: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), ns);
     if rc.spec.pod_disruption_budget.enabled {
         apply(&pdb, &n.name, &children::pdb(rc, n, voters)).await?;
     } else if pdb.get_opt(&n.name).await?.is_some() {
         pdb.delete(&n.name, &DeleteParams::default()).await?;
+    }
+    if let Some(operator) = &ctx.operator_pods {
+        let np: Api<NetworkPolicy> = Api::namespaced(c, ns);
+        if rc.spec.network_policy.enabled {
+            apply(&np, &n.name, &children::network_policy(rc, n, operator)).await?;
+        } else if np.get_opt(&n.name).await?.is_some() {
+            np.delete(&n.name, &DeleteParams::default()).await?;
+        }
     }
     Ok(())
 }

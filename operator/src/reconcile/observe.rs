@@ -3,6 +3,7 @@
 //! planner needs, and the details that status and actions need beside it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -14,6 +15,7 @@ use raftkv_client::pb;
 use super::{AddressMode, Context, Error};
 use crate::crd::{MemberStatus, RaftCluster};
 use crate::names::{self, Names, RAFT_PORT};
+use crate::nodes::Access;
 use crate::planner::{ClusterView, Member, NodeState, Observed, PodState};
 
 /// What observing found, beyond the planner's input: details for status and actions.
@@ -21,22 +23,38 @@ pub(super) struct Observation {
     pub(super) observed: Observed,
     /// Admin address by ordinal (running pods).
     pub(super) addrs: BTreeMap<u32, String>,
+    /// Pod IP by ordinal (pods that have one and are not terminating).
+    pub(super) ips: BTreeMap<u32, IpAddr>,
     pub(super) members: Option<pb::MembersResponse>,
     pub(super) cluster_id: Option<String>,
 }
 
-pub(super) async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Result<Observation, Error> {
+/// Observes the cluster whose StatefulSet (if it exists) is `sts`, calling its nodes with
+/// `access`.
+pub(super) async fn observe(
+    rc: &RaftCluster,
+    ctx: &Context,
+    n: &Names,
+    sts: Option<StatefulSet>,
+    access: &Access,
+) -> Result<Observation, Error> {
     let ns = &n.namespace;
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let selector = names::selector_string(&n.name);
-    let sts = sts_api.get_opt(&n.name).await?;
+    // A certificate names the pod's DNS names, never its IP: with TLS the pods are always
+    // reached by name.
+    let address_mode = if access.is_tls() {
+        AddressMode::Dns
+    } else {
+        ctx.address_mode
+    };
     let pods = pods_api.list(&ListParams::default().labels(&selector)).await?;
     let pvcs = pvc_api.list(&ListParams::default().labels(&selector)).await?;
 
     let mut pod_states = BTreeMap::new();
     let mut addrs = BTreeMap::new();
+    let mut ips = BTreeMap::new();
     for pod in &pods.items {
         let name = pod.name_any();
         let Some(ord) = n.ordinal_of(&name) else { continue };
@@ -46,8 +64,13 @@ pub(super) async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Resul
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let terminating = pod.metadata.deletion_timestamp.is_some();
+        if let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()) {
+            if !terminating {
+                ips.insert(ord, ip);
+            }
+        }
         if running && !terminating {
-            let addr = match ctx.address_mode {
+            let addr = match address_mode {
                 AddressMode::Dns => Some(format!("{}:{RAFT_PORT}", n.pod_host(ord))),
                 AddressMode::PodIp => status
                     .and_then(|s| s.pod_ip.clone())
@@ -71,9 +94,9 @@ pub(super) async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Resul
 
     // Ask every running node about itself, concurrently.
     let answers = join_all(addrs.iter().map(|(ord, addr)| {
-        let nodes = ctx.nodes.clone();
-        let (ord, addr) = (*ord, addr.clone());
-        async move { (ord, nodes.status(addr).await) }
+        let answer = ctx.nodes.status(addr.clone(), access);
+        let ord = *ord;
+        async move { (ord, answer.await) }
     }))
     .await;
     let mut statuses = BTreeMap::new();
@@ -101,7 +124,7 @@ pub(super) async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Resul
         if !s.members.iter().any(|m| m.id == s.id) {
             continue;
         }
-        if let Ok(m) = ctx.nodes.members(addrs[ord].clone()).await {
+        if let Ok(m) = ctx.nodes.members(addrs[ord].clone(), access).await {
             if m.leader_id != 0 {
                 members = Some(m);
                 break;
@@ -138,6 +161,7 @@ pub(super) async fn observe(rc: &RaftCluster, ctx: &Context, n: &Names) -> Resul
             cluster,
         },
         addrs,
+        ips,
         members,
         cluster_id,
     })

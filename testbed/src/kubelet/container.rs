@@ -2,6 +2,7 @@
 //! its own where each volume is bind-mounted at its path, and restarted after it exits with a
 //! backoff that grows by 2 s a restart, up to 10 s.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -48,14 +49,33 @@ impl State {
 }
 
 /// Runs the container's process in the pod's network namespace, in a mount namespace of its
-/// own where each volume is bind-mounted at its path. The mounts' sources travel in the
-/// environment, so that no path is quoted into the shell script.
+/// own where each volume is bind-mounted at its path and, with `readOnlyRootFilesystem`, the
+/// root remounted read-only after them; then as the user and with the privileges its
+/// securityContext gives it (`setpriv`). The mounts' sources travel in the environment, so
+/// that no path is quoted into the shell script.
 fn spawn(rt: &PodRuntime) -> anyhow::Result<Proc> {
     let mut script = String::from("set -e\n");
-    for (i, (path, _)) in rt.mounts.iter().enumerate() {
+    // A mount over a directory that holds volume sources (an emptyDir at /tmp, where the
+    // test bed's directory is) would hide the sources mounted after it: those go last.
+    let mut order: Vec<usize> = (0..rt.mounts.len()).collect();
+    order.sort_by_key(|&i| {
+        let target = Path::new(&rt.mounts[i].path);
+        rt.mounts.iter().any(|m| m.src.starts_with(target))
+    });
+    for i in order {
+        let path = &rt.mounts[i].path;
         script.push_str(&format!(
             "mkdir -p \"{path}\"\nmount --bind \"$MOUNT_SRC_{i}\" \"{path}\"\n"
         ));
+        // A bind mount takes `ro` only when remounted.
+        if rt.mounts[i].read_only {
+            script.push_str(&format!("mount -o remount,bind,ro \"{path}\"\n"));
+        }
+    }
+    if rt.run_as.read_only_root {
+        // This namespace's view of `/` only; the volumes are mounts of their own and stay
+        // writable.
+        script.push_str("mount -o remount,bind,ro /\n");
     }
     script.push_str("exec \"$@\"\n");
     let mut cmd = Command::new("ip");
@@ -73,12 +93,13 @@ fn spawn(rt: &PodRuntime) -> anyhow::Result<Proc> {
     ])
     .arg(&script)
     .arg("sh")
+    .args(rt.run_as.setpriv())
     .args(&rt.argv)
     .env_clear()
     .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     .env("RUST_BACKTRACE", "1");
-    for (i, (_, src)) in rt.mounts.iter().enumerate() {
-        cmd.env(format!("MOUNT_SRC_{i}"), src);
+    for (i, m) in rt.mounts.iter().enumerate() {
+        cmd.env(format!("MOUNT_SRC_{i}"), &m.src);
     }
     for (k, v) in &rt.env {
         cmd.env(k, v);

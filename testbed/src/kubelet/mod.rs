@@ -5,8 +5,13 @@
 //! service-account token), readiness and liveness probes reported in pod status, restarts,
 //! and deletion by SIGTERM, grace period, SIGKILL.
 //!
-//! What it does not do: images (an image maps to one of our binaries), resource limits, user
-//! ids and read-only root filesystems (processes run as the test's user, root).
+//! It holds processes to their securityContext where a process can be (uid, gid, groups,
+//! fsGroup on volumes, a read-only root filesystem, no privilege escalation, no
+//! capabilities; see `security.rs` for what is and is not enforced), and keeps Secret volumes
+//! up to date while pods run, as the kubelet's atomic writer does (`secrets.rs`).
+//!
+//! What it does not do: images (an image maps to one of our binaries), resource limits,
+//! seccomp profiles.
 //!
 //! One loop does everything, a tick every 250 ms: provision volumes, bind, start, probe,
 //! report and stop pods, rewrite the pods' /etc/hosts; the node heartbeat rides on it. Each
@@ -19,6 +24,8 @@ mod node_status;
 mod pod;
 mod pod_status;
 mod probes;
+mod secrets;
+mod security;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -70,7 +77,7 @@ struct State {
     net: Network,
     /// Pod uid -> its running container; a pod is here from its first start to its deletion.
     pods: Mutex<HashMap<String, PodRuntime>>,
-    /// The probes' client: a probe that takes longer than a second fails.
+    /// The probes' client: a probe that takes longer than a second fails; HTTPS is not verified.
     http: reqwest::Client,
 }
 
@@ -104,7 +111,11 @@ impl Kubelet {
             net,
             cfg,
             pods: Mutex::default(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                // The kubelet does not verify the certificates of HTTPS probes.
+                .danger_accept_invalid_certs(true)
+                .build()?,
         });
         state.register_node().await?;
         let s = state.clone();
@@ -151,6 +162,25 @@ impl Kubelet {
             .values()
             .map(|rt| ((rt.ns.clone(), rt.name.clone()), rt.net.ip.clone()))
             .collect()
+    }
+
+    /// The network namespace of the pod `ns/pod` running here (for `ip netns exec`, which
+    /// also gives a command the pod's /etc/hosts).
+    pub fn pod_netns(&self, ns: &str, pod: &str) -> Option<String> {
+        self.state
+            .pods()
+            .values()
+            .find(|rt| rt.ns == ns && rt.name == pod)
+            .map(|rt| rt.net.netns.clone())
+    }
+
+    /// The process id of the pod's container, while it runs.
+    pub fn pod_pid(&self, ns: &str, pod: &str) -> Option<u32> {
+        self.state
+            .pods()
+            .values()
+            .find(|rt| rt.ns == ns && rt.name == pod)
+            .and_then(|rt| rt.proc.as_ref().map(|p| p.id()))
     }
 
     /// The host directory of the persistent volume bound to the claim `ns/pvc`.

@@ -13,6 +13,8 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::probes::Probe;
+use super::secrets::SecretVolume;
+use super::security::RunAs;
 use super::volumes::Mounts;
 use super::{now, State};
 use crate::network::{PodNet, GATEWAY};
@@ -26,6 +28,11 @@ pub(super) struct PodRuntime {
     pub(super) argv: Vec<String>,
     pub(super) env: Vec<(String, String)>,
     pub(super) mounts: Mounts,
+    /// The Secret volumes among the mounts, and when they were last brought up to date.
+    pub(super) secrets: Vec<SecretVolume>,
+    pub(super) secrets_checked: Instant,
+    /// Who the process runs as and what it may not do (its securityContext).
+    pub(super) run_as: RunAs,
     /// The running process; `None` before the first start and between an exit and its restart.
     pub(super) proc: Option<Proc>,
     pub(super) restarts: u32,
@@ -75,6 +82,7 @@ impl State {
             };
             self.pods().insert(uid.clone(), rt);
         }
+        self.refresh_secrets(&uid).await;
         self.run(&uid);
         self.probe(&uid).await;
         self.report(&uid).await
@@ -87,7 +95,9 @@ impl State {
             .containers
             .first()
             .ok_or_else(|| anyhow!("pod without containers"))?;
-        let Some(mounts) = self.mounts(pod, c).await? else {
+        // Refused before anything is set up, as the kubelet refuses it.
+        let run_as = RunAs::of(pod, c)?;
+        let Some((mounts, secrets)) = self.mounts(pod, c).await? else {
             return Ok(None);
         };
         let uid = pod.uid().unwrap_or_default();
@@ -135,6 +145,9 @@ impl State {
             argv,
             env,
             mounts,
+            secrets,
+            secrets_checked: Instant::now(),
+            run_as,
             proc: None,
             restarts: 0,
             started_at: now(),

@@ -1,4 +1,5 @@
-//! Readiness and liveness probes (HTTP GET only, the kind raftkv's pods use): readiness sets
+//! Readiness and liveness probes (HTTP GET, over HTTPS when the probe's scheme says so, without
+//! verifying the certificate, as the kubelet does; the kind raftkv's pods use): readiness sets
 //! the pod's Ready condition, and so its place in EndpointSlices; liveness kills the process
 //! after `failureThreshold` failures in a row, and the restart logic starts it again.
 
@@ -11,6 +12,8 @@ use super::State;
 
 /// One probe of a container, with its schedule and its run of failures.
 pub(super) struct Probe {
+    /// `http` or `https`.
+    scheme: &'static str,
     path: String,
     port: u16,
     period: Duration,
@@ -26,6 +29,11 @@ impl Probe {
         let p = spec.as_ref()?;
         let g = p.http_get.as_ref()?;
         Some(Probe {
+            scheme: if g.scheme.as_deref() == Some("HTTPS") {
+                "https"
+            } else {
+                "http"
+            },
             path: g.path.clone().unwrap_or_else(|| "/".into()),
             port: port_of(&g.port, c)?,
             period: Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64),
@@ -65,7 +73,7 @@ impl State {
                 if let Some(p) = p {
                     if Instant::now() >= p.next {
                         p.next = Instant::now() + p.period;
-                        t.push((live, format!("http://{ip}:{}{}", p.port, p.path)));
+                        t.push((live, format!("{}://{ip}:{}{}", p.scheme, p.port, p.path)));
                     }
                 }
             }

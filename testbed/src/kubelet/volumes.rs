@@ -1,6 +1,7 @@
 //! Volumes, as a node with local disks provides them: a PersistentVolume (a host directory)
 //! for every claim that waits for one, the directories a container's mounts resolve to
-//! (claims, the projected service-account token, emptyDirs), and the wipe of a lost disk.
+//! (claims, the projected service-account token, Secrets, emptyDirs), given to the pod's
+//! `fsGroup` as the kubelet gives them, and the wipe of a lost disk.
 
 use std::path::PathBuf;
 
@@ -11,10 +12,24 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::pod::PodRuntime;
+use super::secrets::SecretVolume;
+use super::security::give_to_group;
 use super::State;
 
-/// A container's mounts: the path inside the container, the host directory bind-mounted there.
-pub(super) type Mounts = Vec<(String, PathBuf)>;
+/// One of a container's mounts.
+#[derive(Debug, Clone)]
+pub(super) struct Mount {
+    /// The path inside the container.
+    pub(super) path: String,
+    /// The host directory bind-mounted there.
+    pub(super) src: PathBuf,
+    /// Mounted read-only: as the volumeMount asks, and always for Secrets and the projected
+    /// token, as the kubelet mounts them.
+    pub(super) read_only: bool,
+}
+
+/// A container's mounts.
+pub(super) type Mounts = Vec<Mount>;
 
 impl State {
     /// A PersistentVolume (a directory here) for every claim that waits for one.
@@ -51,39 +66,61 @@ impl State {
         Ok(())
     }
 
-    /// Host directories for the container's volume mounts; `None` until every volume exists.
-    pub(super) async fn mounts(&self, pod: &Pod, c: &Container) -> anyhow::Result<Option<Mounts>> {
+    /// Host directories for the container's volume mounts, and the Secret volumes among them
+    /// (kept up to date while the pod runs); `None` until every volume exists.
+    pub(super) async fn mounts(&self, pod: &Pod, c: &Container) -> anyhow::Result<Option<(Mounts, Vec<SecretVolume>)>> {
         let ns = pod.namespace().unwrap_or_default();
         let spec = pod.spec.as_ref().ok_or_else(|| anyhow!("pod without spec"))?;
+        let psc = spec.security_context.clone().unwrap_or_default();
+        let fs_group = psc.fs_group.and_then(|g| u32::try_from(g).ok());
+        let on_root_mismatch = psc.fs_group_change_policy.as_deref() == Some("OnRootMismatch");
+        let pod_dir = |kind: &str, name: &str| self.cfg.dir.join(kind).join(pod.uid().unwrap_or_default()).join(name);
         let mut out = Vec::new();
+        let mut secrets = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let Some(v) = spec.volumes.iter().flatten().find(|v| v.name == m.name) else {
                 continue;
+            };
+            let asked = m.read_only == Some(true);
+            let mount = |src: PathBuf, always_read_only: bool| Mount {
+                path: m.mount_path.clone(),
+                src,
+                read_only: asked || always_read_only,
             };
             if let Some(claim) = &v.persistent_volume_claim {
                 let Some(dir) = self.bound_dir(&ns, &claim.claim_name).await? else {
                     return Ok(None);
                 };
-                out.push((m.mount_path.clone(), dir));
+                if let Some(g) = fs_group {
+                    give_to_group(&dir, g, on_root_mismatch)?;
+                }
+                out.push(mount(dir, false));
+            } else if let Some(source) = &v.secret {
+                let dir = pod_dir("secrets", &v.name);
+                let Some(vol) = self.secret_volume(&ns, source, dir.clone(), fs_group).await? else {
+                    return Ok(None);
+                };
+                secrets.push(vol);
+                out.push(mount(dir, true));
             } else if v
                 .projected
                 .as_ref()
                 .is_some_and(|p| p.sources.iter().flatten().any(|s| s.service_account_token.is_some()))
             {
                 let dir = self.token_dir(pod).await?;
-                out.push((m.mount_path.clone(), dir));
+                out.push(mount(dir, true));
             } else {
-                let dir = self
-                    .cfg
-                    .dir
-                    .join("emptydir")
-                    .join(pod.uid().unwrap_or_default())
-                    .join(&v.name);
+                // An emptyDir, as the kubelet makes it: writable by everyone in the pod.
+                let dir = pod_dir("emptydir", &v.name);
                 std::fs::create_dir_all(&dir)?;
-                out.push((m.mount_path.clone(), dir));
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+                if let Some(g) = fs_group {
+                    give_to_group(&dir, g, false)?;
+                }
+                out.push(mount(dir, false));
             }
         }
-        Ok(Some(out))
+        Ok(Some((out, secrets)))
     }
 
     /// The host directory of the volume bound to the claim `ns/claim`; `None` while the claim
@@ -115,10 +152,10 @@ impl State {
     /// directories, as a replaced disk would be.
     pub(super) fn wipe_persistent_volumes(&self, rt: &PodRuntime) -> anyhow::Result<()> {
         let volumes = self.cfg.volumes_dir();
-        for (_, src) in &rt.mounts {
-            if src.starts_with(&volumes) {
-                std::fs::remove_dir_all(src)?;
-                std::fs::create_dir_all(src)?;
+        for m in &rt.mounts {
+            if m.src.starts_with(&volumes) {
+                std::fs::remove_dir_all(&m.src)?;
+                std::fs::create_dir_all(&m.src)?;
             }
         }
         Ok(())

@@ -1,13 +1,17 @@
 //! The test bed the journey drives: a pod network, a control plane and a process kubelet
-//! started together; the user's tools (kubectl, helm) run against it; the RaftCluster's
-//! status read as the operator writes it; clients of the pods' HTTP API; and what a failed
-//! step prints.
+//! started together; the user's tools (kubectl, helm, curl, raftkv) run against it; the
+//! RaftCluster's status read as the operator writes it; clients of the pods' HTTPS API with
+//! the cluster's CA and root's password; and what a failed step prints.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use raftkv_client::{Credentials, Tls};
 use raftkv_harness::logs::tail;
 use raftkv_operator::crd::RaftClusterStatus;
 use raftkv_testbed::network::Network;
@@ -46,14 +50,36 @@ fn tools() -> PathBuf {
     bin
 }
 
+/// What a client of the cluster needs with TLS and authentication on: the CA to trust (from
+/// the pods' Secret), root's password (from the root Secret), and the operator's client
+/// certificate (the only one besides the pods' that the peer port accepts); also written as
+/// files for the user's tools.
+pub struct Secure {
+    pub ca_pem: Vec<u8>,
+    pub password: String,
+    /// `ca.crt`, `operator.crt`, `operator.key` in the test bed's directory.
+    pub ca_file: PathBuf,
+    pub operator_cert_file: PathBuf,
+    pub operator_key_file: PathBuf,
+}
+
+impl Secure {
+    pub fn credentials(&self) -> Credentials {
+        Credentials::Basic {
+            user: "root".into(),
+            password: self.password.clone(),
+        }
+    }
+}
+
 pub struct Bed {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     cp: ControlPlane,
     pub kubelet: Kubelet,
     started: Instant,
-    /// One connection pool for every pod's client.
-    http: reqwest::Client,
+    /// The cluster's CA and root's password, once the cluster made them.
+    secure: OnceLock<Secure>,
 }
 
 impl Bed {
@@ -104,7 +130,7 @@ impl Bed {
             cp,
             kubelet,
             started,
-            http: reqwest::Client::new(),
+            secure: OnceLock::new(),
         };
         eprintln!(
             "[{:>6.1}s] control plane and kubelet up",
@@ -212,18 +238,114 @@ impl Bed {
         self.kubelet.pod_ips().get(&(NS.to_string(), pod.to_string())).cloned()
     }
 
-    /// A client of the HTTP API of the raftkv pod at `ip`.
-    pub fn node(&self, ip: &str) -> raftkv_client::Client {
-        raftkv_client::Client::builder(&format!("{ip}:{HTTP_PORT}"))
+    /// The Secret `name` in the cluster's namespace: key -> bytes; empty if it does not exist.
+    pub fn secret(&self, name: &str) -> BTreeMap<String, Vec<u8>> {
+        let (ok, text) = self.cmd("kubectl", &["-n", NS, "get", "secret", name, "-o", "json"], None);
+        if !ok {
+            return BTreeMap::new();
+        }
+        let secret: Secret = serde_json::from_str(&text).expect("a Secret");
+        secret.data.into_iter().flatten().map(|(k, v)| (k, v.0)).collect()
+    }
+
+    /// Reads the CA, root's password and the operator's certificate from the cluster's
+    /// Secrets, as a user with access to the namespace would.
+    pub fn load_secure(&self) -> &Secure {
+        self.secure.get_or_init(|| {
+            let pods = self.secret("demo-tls");
+            let root = self.secret("demo-root");
+            let operator = self.secret("demo-operator-tls");
+            let file = |name: &str, bytes: &[u8]| {
+                let path = self.dir.path().join(name);
+                std::fs::write(&path, bytes).expect("write a PEM file");
+                path
+            };
+            Secure {
+                ca_pem: pods.get("ca.crt").cloned().expect("ca.crt in demo-tls"),
+                password: String::from_utf8(root.get("password").cloned().expect("a root password"))
+                    .expect("a text password"),
+                ca_file: file("ca.crt", &pods["ca.crt"]),
+                operator_cert_file: file("operator.crt", &operator["tls.crt"]),
+                operator_key_file: file("operator.key", &operator["tls.key"]),
+            }
+        })
+    }
+
+    pub fn secure(&self) -> &Secure {
+        self.secure
+            .get()
+            .expect("the cluster's Secrets are loaded (load_secure)")
+    }
+
+    /// The pod's DNS name under the headless Service: what its certificate names.
+    pub fn pod_host(pod: &str) -> String {
+        format!("{pod}.demo-peers.{NS}.svc.cluster.local")
+    }
+
+    /// A client of the HTTPS API of the raftkv pod `pod` at `ip`, as root, verifying the
+    /// pod's certificate by its DNS name (resolved here to `ip`: the host has no cluster DNS).
+    fn client_of(&self, pod: &str, ip: &str) -> raftkv_client::Client {
+        let s = self.secure();
+        let host = Bed::pod_host(pod);
+        let tls = Tls::from_pem(Some(&s.ca_pem), None, None).expect("the cluster's CA");
+        let mut config = (*tls.config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let addr = SocketAddr::new(ip.parse().expect("a pod IP"), HTTP_PORT);
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .resolve(&host, addr)
+            .build()
+            .expect("an HTTPS client");
+        raftkv_client::Client::builder(&format!("https://{host}:{HTTP_PORT}"))
             .timeout(NODE_TIMEOUT)
-            .http_client(self.http.clone())
+            .http_client(http)
+            .credentials(s.credentials())
             .build()
             .expect("a client of the pod")
     }
 
-    /// A client of the HTTP API of the raftkv pod named `pod`, which must run here.
+    /// A client of the raftkv pod at `ip` (an endpoint address), which must run here.
+    pub fn node(&self, ip: &str) -> raftkv_client::Client {
+        let pod = self
+            .kubelet
+            .pod_ips()
+            .into_iter()
+            .find(|(_, a)| a == ip)
+            .map(|((_, pod), _)| pod)
+            .unwrap_or_else(|| panic!("no pod runs at {ip}"));
+        self.client_of(&pod, ip)
+    }
+
+    /// A client of the raftkv pod named `pod`, which must run here.
     pub fn pod(&self, pod: &str) -> raftkv_client::Client {
-        self.node(&self.pod_ip(pod).unwrap_or_else(|| panic!("{pod} runs no process here")))
+        let ip = self.pod_ip(pod).unwrap_or_else(|| panic!("{pod} runs no process here"));
+        self.client_of(pod, &ip)
+    }
+
+    /// Runs `program` with `args` in the network of the pod `pod` (its address, its
+    /// /etc/hosts, so cluster names resolve): whether it succeeded, and its output.
+    pub fn in_pod_network(&self, pod: &str, program: &str, args: &[&str]) -> (bool, String) {
+        let netns = self
+            .kubelet
+            .pod_netns(NS, pod)
+            .unwrap_or_else(|| panic!("{pod} runs no process here"));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Our `raftkv` binary (the CLI a user runs).
+    pub fn raftkv_bin() -> PathBuf {
+        target_dir().join("raftkv")
     }
 
     /// Everything a person needs to see when a step fails.

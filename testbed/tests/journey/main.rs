@@ -1,15 +1,21 @@
-//! The user's whole journey on a real Kubernetes API server: helm install, a RaftCluster,
-//! writes and reads, scaling 3 -> 5 -> 3 under writes, losing the leader pod, losing a disk,
-//! a real Prometheus scraping the pods, and uninstalling.
+//! The user's whole journey on a real Kubernetes API server, with TLS and authentication on
+//! as the chart's cluster has them: helm install into a namespace that enforces Pod Security
+//! "restricted", a RaftCluster with certificates from the operator's CA (a short lifetime, so
+//! that they are renewed during the journey) and root's password in a Secret; HTTPS, mutual
+//! TLS between the pods and for the admin service, 401 without credentials; writes and reads,
+//! scaling 3 -> 5 -> 3 under writes, a renewal without a restart, losing the leader pod,
+//! losing a disk, a real Prometheus scraping the pods over HTTPS, and uninstalling.
 //!
 //! Needs root (network namespaces) and the control plane binaries (`scripts/k8s-tools.sh`,
 //! which `scripts/test.sh` runs).
 //!
-//! [`bed`] starts the test bed and runs the user's tools; [`prometheus`] is the monitoring
-//! step; this file is the story, one assertion per step.
+//! [`bed`] starts the test bed and runs the user's tools; [`security`] holds the checks of
+//! TLS, authentication and the pods' confinement; [`prometheus`] is the monitoring step; this
+//! file is the story, one assertion per step.
 
 mod bed;
 mod prometheus;
+mod security;
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +23,10 @@ use raftkv_client::{Client, Condition, Consistency};
 use raftkv_operator::crd::RaftClusterStatus;
 
 use bed::{Bed, DumpOnPanic, NS};
+
+/// Short, so that the certificates are renewed (after two thirds of it) while the journey
+/// runs; long enough that a renewal is never late (a third of it, 40 s, to spare).
+const CERTIFICATE_LIFETIME: &str = "2m";
 
 /// A key's value read through `node`; `None` if it is absent or the read failed.
 async fn get(node: &Client, key: &str, consistency: Consistency) -> Option<String> {
@@ -55,7 +65,11 @@ async fn the_users_journey_on_a_real_api_server() {
     let bed = Bed::start().await;
     let _dump = DumpOnPanic(&bed);
 
-    bed.step(1, "helm install the chart; the operator becomes ready");
+    bed.step(
+        1,
+        "helm install the chart into a namespace that enforces Pod Security \"restricted\"; the operator becomes ready",
+    );
+    bed.kubectl(&["apply", "-f", "manifests/namespace.yaml"]);
     let (ok, out) = bed.cmd(
         "helm",
         &[
@@ -85,31 +99,60 @@ async fn the_users_journey_on_a_real_api_server() {
 
     bed.step(
         2,
-        "kubectl apply a 3-replica RaftCluster; it becomes Available with 3 voters and a leader",
+        "kubectl apply a 3-replica RaftCluster with TLS and auth; it becomes Available with 3 voters, a leader, auth on",
     );
     bed.kubectl(&["create", "namespace", NS]);
+    bed.kubectl(&[
+        "label",
+        "namespace",
+        NS,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
     let (ok, out) = bed.cmd(
         "kubectl",
         &["apply", "-f", "-"],
-        Some(
-            "apiVersion: raftkv.dev/v1alpha1\nkind: RaftCluster\nmetadata: {name: demo, namespace: demo}\n\
-              spec: {replicas: 3, image: 'raftkv/raftkv:dev'}\n",
-        ),
+        Some(&format!(
+            "apiVersion: raftkv.dev/v1alpha1\nkind: RaftCluster\nmetadata: {{name: demo, namespace: demo}}\n\
+             spec:\n  replicas: 3\n  image: 'raftkv/raftkv:dev'\n\
+             \x20 tls: {{enabled: true, certificateLifetime: {CERTIFICATE_LIFETIME}}}\n  auth: {{enabled: true}}\n"
+        )),
     );
     assert!(ok, "kubectl apply: {out}");
     let s = bed
-        .wait_status("3 voters, Available", Duration::from_secs(180), |s| {
-            voters(s) == 3 && condition(s, "Available") == "True" && s.leader.is_some() && s.ready_replicas == 3
+        .wait_status("3 voters, Available, auth on", Duration::from_secs(180), |s| {
+            voters(s) == 3
+                && condition(s, "Available") == "True"
+                && s.leader.is_some()
+                && s.ready_replicas == 3
+                && s.auth_enabled == Some(true)
         })
         .await;
     let table = bed.kubectl(&["-n", NS, "get", "raftclusters"]);
     eprintln!("{table}");
     let leader = s.leader.as_deref().expect("a leader");
     assert!(table.contains("Running") && table.contains(leader), "{table}");
+    assert!(s.certificates_not_after.is_some(), "{s:#?}");
+    bed.load_secure();
+    // What a renewal must leave alone: the pods, and their processes.
+    let before_renewal = security::Incarnations::of(&bed, &["demo-0", "demo-1", "demo-2"]);
+    let first_cert = bed
+        .secret("demo-tls")
+        .get("demo-0.crt")
+        .cloned()
+        .expect("demo-0's certificate");
 
     bed.step(
         3,
-        "curl writes through the client Service's endpoints; every pod reads the same",
+        "HTTPS only, 401 without credentials, mutual TLS on the peer port, pods confined as Pod Security says",
+    );
+    security::https_and_auth(&bed, "demo-0");
+    security::peer_port_needs_a_cluster_certificate(&bed, "demo-1", "demo-0");
+    security::pods_are_confined(&bed, "demo-0");
+    security::policies_are_in_place(&bed);
+
+    bed.step(
+        4,
+        "writes over HTTPS through the client Service's endpoints; every pod reads the same",
     );
     let slices = bed.kubectl_json(&[
         "-n",
@@ -149,7 +192,10 @@ async fn the_users_journey_on_a_real_api_server() {
         }
     }
 
-    bed.step(4, "scale to 5 and back to 3 with a writer running throughout");
+    bed.step(
+        5,
+        "scale to 5 and back to 3 with a writer running throughout (the operator over mutual TLS)",
+    );
     let stable: Vec<Client> = ["demo-0", "demo-1", "demo-2"].iter().map(|p| bed.pod(p)).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -208,7 +254,13 @@ async fn the_users_journey_on_a_real_api_server() {
         );
     }
 
-    bed.step(5, "delete the leader pod: a new leader; the pod rejoins with its data");
+    bed.step(
+        6,
+        "the certificates are renewed: the pods serve the new ones, nothing restarted",
+    );
+    security::renewed_without_a_restart(&bed, &first_cert, &before_renewal).await;
+
+    bed.step(7, "delete the leader pod: a new leader; the pod rejoins with its data");
     let s = bed.status().expect("the RaftCluster's status");
     let old_leader = s.leader.clone().expect("a leader");
     let old_id = member_of_pod(&s, &old_leader).expect("leader's member id");
@@ -231,7 +283,7 @@ async fn the_users_journey_on_a_real_api_server() {
         "the data survived"
     );
 
-    bed.step(6, "a lost disk: the operator replaces the member");
+    bed.step(8, "a lost disk: the operator replaces the member");
     let s = bed.status().expect("the RaftCluster's status");
     let victim = ["demo-0", "demo-1", "demo-2"]
         .into_iter()
@@ -267,14 +319,14 @@ async fn the_users_journey_on_a_real_api_server() {
     }
 
     bed.step(
-        7,
-        "a real Prometheus scrapes the pods by their annotations; the dashboard has data",
+        9,
+        "a real Prometheus scrapes the pods over HTTPS by their annotations; the dashboard has data",
     );
     prometheus::prometheus_step(&bed).await;
 
     bed.step(
-        8,
-        "helm uninstall and deleting the RaftCluster leave no owned objects; PVCs stay",
+        10,
+        "helm uninstall and deleting the RaftCluster leave no owned objects; PVCs and the root password stay",
     );
     bed.kubectl(&[
         "-n",
@@ -297,7 +349,7 @@ async fn the_users_journey_on_a_real_api_server() {
             "-n",
             NS,
             "get",
-            "statefulsets,services,poddisruptionbudgets,pods",
+            "statefulsets,services,poddisruptionbudgets,networkpolicies,pods",
             "-o",
             "name",
         ]);
@@ -310,5 +362,21 @@ async fn the_users_journey_on_a_real_api_server() {
     }
     let pvcs = bed.kubectl(&["-n", NS, "get", "pvc", "-o", "name"]);
     assert!(pvcs.lines().count() >= 3, "PVCs are retained: {pvcs}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let secrets = bed.kubectl(&["-n", NS, "get", "secrets", "-o", "name"]);
+        let owned_gone = ["demo-ca", "demo-tls", "demo-operator-tls"]
+            .iter()
+            .all(|s| !secrets.lines().any(|l| l == format!("secret/{s}")));
+        if owned_gone {
+            assert!(
+                secrets.lines().any(|l| l == "secret/demo-root"),
+                "the root password stays with the data: {secrets}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "certificate Secrets left behind: {secrets}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     eprintln!("[{:>6.1}s] journey complete", bed.elapsed().as_secs_f64());
 }

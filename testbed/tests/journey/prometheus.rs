@@ -4,7 +4,8 @@
 //! Debian's Prometheus is built without Kubernetes discovery, so the test discovers the pods
 //! itself, exactly as the usual annotation-driven `kubernetes_sd` relabelling would (the
 //! chart's prometheus.io/* annotations; `cluster` from the instance label), and hands the
-//! targets to Prometheus through file-based discovery.
+//! targets to Prometheus through file-based discovery. The pods serve HTTPS: Prometheus
+//! scrapes them by IP, trusting the cluster's CA (each pod's certificate names its IP).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -53,6 +54,62 @@ fn write_targets(bed: &Bed, path: &Path) {
     std::fs::rename(&tmp, path).expect("move the targets into place");
 }
 
+/// Gives the scrape job HTTPS with the cluster's CA, and has Prometheus read its
+/// configuration again (SIGHUP).
+///
+/// A stopgap: the harness's `Config` has no TLS settings for a job yet, so the file it wrote
+/// is amended here; once it has (`scheme`, `tls_config.ca_file`), this goes.
+async fn scrape_over_https(prom: &Prometheus, dir: &Path, ca: &Path) {
+    let file = dir.join("prometheus.yml");
+    let text = std::fs::read_to_string(&file).expect("the configuration the harness wrote");
+    let tls = format!(
+        "    scheme: \"https\"\n    tls_config:\n      ca_file: {}\n",
+        serde_json::Value::from(ca.display().to_string())
+    );
+    let mut amended = String::new();
+    for line in text.lines() {
+        amended.push_str(line);
+        amended.push('\n');
+        if line.trim_start().starts_with("- job_name:") {
+            amended.push_str(&tls);
+        }
+    }
+    std::fs::write(&file, amended).expect("amend the configuration");
+    let flag = format!("--config.file={}", file.display());
+    let pid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == flag.as_bytes()))
+        })
+        .expect("the Prometheus process");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = reqwest::Client::new();
+    loop {
+        let loaded = http
+            .get(format!("{}/api/v1/status/config", prom.url()))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.text());
+        let loaded = match loaded {
+            Some(t) => t.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if loaded.contains("ca_file") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not load its HTTPS settings: {loaded}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn prometheus_step(bed: &Bed) {
     let dir = bed.dir.path().join("prometheus");
     std::fs::create_dir_all(&dir).expect("the prometheus directory");
@@ -61,6 +118,7 @@ pub async fn prometheus_step(bed: &Bed) {
     let prom = Prometheus::start(&dir, &Config::file_job("kubernetes-pods", &targets))
         .await
         .expect("start prometheus");
+    scrape_over_https(&prom, &dir, &bed.secure().ca_file).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         write_targets(bed, &targets);
