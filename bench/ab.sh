@@ -24,8 +24,11 @@ cpu_ticks() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | aw
 run_one() { # binary label
   local bin=$1 label=$2 data pids=()
   data=$(mktemp -d "${TMPDIR:-/tmp}/raftkv-ab.XXXXXX")
+  # --join takes node 1's peer address; builds before the security work took its HTTP address.
+  local seed=127.0.0.1:19105
+  "$bin" serve --help | grep -q 'peer addresses' || seed=127.0.0.1:19101
   for i in 1 2 3; do
-    mode=(--bootstrap); [ "$i" = 1 ] || mode=(--join 127.0.0.1:19101)
+    mode=(--bootstrap); [ "$i" = 1 ] || mode=(--join "$seed")
     RUST_LOG=warn "$bin" serve --worker-threads 1 --data-dir "$data/n$i" --raft-addr "127.0.0.1:1910$((i+4))" \
       --http-addr "127.0.0.1:1910$i" "${mode[@]}" >"$data/n$i.log" 2>&1 &
     pids+=($!)

@@ -37,7 +37,7 @@ trap cleanup EXIT
 
 # raftkv: node 1 bootstraps, 2 and 3 join.
 for i in 1 2 3; do
-  mode=(--bootstrap); [ "$i" = 1 ] || mode=(--join 127.0.0.1:18101)
+  mode=(--bootstrap); [ "$i" = 1 ] || mode=(--join 127.0.0.1:18105)  # node 1's peer port
   RUST_LOG=warn "$BIN" serve --worker-threads "$THREADS" --data-dir "$data/raftkv$i" --raft-addr 127.0.0.1:1810$((i+4)) \
     --http-addr 127.0.0.1:1810$i "${mode[@]}" >"$data/raftkv$i.log" 2>&1 &
   pids+=($!) raftkv_pids+=($!)

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use raftkv_harness::pki::{ClusterPki, PemFiles};
 use raftkv_harness::{Cluster, NodeSpec, Options};
 
 use crate::config::DevArgs;
@@ -31,10 +32,19 @@ pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     println!("raftkv dev: {} node(s), data under {}", args.nodes, data.display());
 
-    let options = Options::new(exe)
+    let mut options = Options::new(exe)
         .dir(&data)
         .inherit_env()
         .global_args(&["--log-level", log_level]);
+    let pki = if args.tls {
+        let pki = dev_pki(&data.join("pki"))?;
+        let flags = pki.node_args(false);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        options = options.node_args(&flags).client_tls(pki.client_tls()?);
+        Some(pki)
+    } else {
+        None
+    };
     let mut cluster = Cluster::new(options)?;
     for n in 1..=args.nodes {
         let raft = port(args.raft_port, n, "--raft-port")?;
@@ -54,20 +64,34 @@ pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
     }
 
     println!();
+    let scheme = if pki.is_some() { "https" } else { "http" };
     for (n, node) in (1..).zip(cluster.nodes()) {
         println!(
-            "  node {n}  http://{}   log: {}",
+            "  node {n}  {scheme}://{}   log: {}",
             node.http_addr(),
             node.log_path().display()
         );
     }
     let first_http = cluster.node(0).http_addr();
     let last_http = cluster.nodes().last().map_or(first_http, |n| n.http_addr());
+    let curl = match &pki {
+        Some(pki) => format!("curl --cacert {}", pki.ca.display()),
+        None => "curl".to_string(),
+    };
     println!();
     println!("Try:");
-    println!("  curl -X PUT --data-binary 'hello' http://{first_http}/v1/kv/greeting");
-    println!("  curl http://{last_http}/v1/kv/greeting");
-    println!("  curl http://{first_http}/v1/status");
+    println!("  {curl} -X PUT --data-binary 'hello' {scheme}://{first_http}/v1/kv/greeting");
+    println!("  {curl} {scheme}://{last_http}/v1/kv/greeting");
+    println!("  {curl} {scheme}://{first_http}/v1/status");
+    if let Some(pki) = &pki {
+        let raft = cluster.node(0).raft_addr();
+        println!(
+            "  raftkv admin --endpoint {raft} --cacert {} --cert {} --key {} members",
+            pki.ca.display(),
+            pki.client.cert.display(),
+            pki.client.key.display()
+        );
+    }
     println!();
     println!("Ctrl-C stops the cluster (data stays in {}).", data.display());
 
@@ -76,6 +100,34 @@ pub async fn run(args: DevArgs, log_level: &str) -> anyhow::Result<()> {
     cluster.terminate_all(STOP_GRACE).await;
     println!("stopped");
     Ok(())
+}
+
+/// The dev cluster's certificates: made once under `dir`, reused by later runs over the same
+/// data (the nodes' peers must keep trusting one CA).
+fn dev_pki(dir: &std::path::Path) -> anyhow::Result<ClusterPki> {
+    let existing = ClusterPki {
+        ca: dir.join("ca.pem"),
+        node: PemFiles {
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+        },
+        client: PemFiles {
+            cert: dir.join("client.pem"),
+            key: dir.join("client-key.pem"),
+        },
+    };
+    let all = [
+        &existing.ca,
+        &existing.node.cert,
+        &existing.node.key,
+        &existing.client.cert,
+        &existing.client.key,
+    ];
+    if all.iter().all(|p| p.exists()) {
+        return Ok(existing);
+    }
+    let (_, pki) = ClusterPki::create(dir, "root").context("making the dev cluster's certificates")?;
+    Ok(pki)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! transport Raft and the replica's calls to the leader over gRPC (the wire only)
 //! replica   write batching, read-index batching, the leader lookup, the consistency barrier
 //! metrics   Prometheus collectors
-//! storage   the Raft log, the state machine, snapshots (redb and a journal)
+//! storage   the Raft log, the state machine (keys and the auth state), snapshots, the space watcher
+//! auth      users, roles, permissions, tokens: the model and its checks (pure logic)
+//! tls       certificate files made into rustls configurations, reloaded when they change
 //! codec     how values are encoded at rest and on the wire
 //! types     the vocabulary of every layer; imports nothing from the crate
 //! ```
@@ -17,9 +19,11 @@
 //! `cli`, `bench`, `dev`, `config` and `logging` are the binary's: command-line tools that use
 //! the node only through its public APIs.
 
+mod auth;
 mod codec;
 mod identity;
 pub mod storage;
+mod tls;
 pub mod types;
 
 /// Generated protobuf and gRPC code (the `raftkv-proto` crate).

@@ -74,6 +74,12 @@ pub enum Command {
         key: Bytes,
         precondition: Option<Precondition>,
     },
+    /// A change to the users, roles and permissions (the auth state, `crate::auth`), applied
+    /// only while the auth state is still at `revision`: the one the change was checked
+    /// against before it was proposed. So a change that was valid when checked is valid when
+    /// applied, and one that a concurrent change overtook is refused whole
+    /// ([`CommandResult::PreconditionFailed`] with the auth revision it met).
+    Auth { change: AuthChange, revision: u64 },
 }
 
 impl Command {
@@ -82,6 +88,7 @@ impl Command {
         match self {
             Command::Put { key, value, .. } => key.len() + value.len(),
             Command::Delete { key, .. } => key.len(),
+            Command::Auth { change, .. } => change.size(),
         }
     }
 }
@@ -92,7 +99,139 @@ impl fmt::Display for Command {
         match self {
             Command::Put { key, value, .. } => write!(f, "put(key: {}B, value: {}B)", key.len(), value.len()),
             Command::Delete { key, .. } => write!(f, "delete(key: {}B)", key.len()),
+            Command::Auth { change, .. } => write!(f, "auth({})", change.name()),
         }
+    }
+}
+
+/// etcd's permission types: what a role may do on a key or a range of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionType {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl PermissionType {
+    /// Whether this permission allows reading.
+    pub fn reads(self) -> bool {
+        matches!(self, PermissionType::Read | PermissionType::ReadWrite)
+    }
+
+    /// Whether this permission allows writing.
+    pub fn writes(self) -> bool {
+        matches!(self, PermissionType::Write | PermissionType::ReadWrite)
+    }
+}
+
+/// A role's permission on one key or a range, with etcd's encoding of the range: an empty
+/// `range_end` is the single key `key`; otherwise the keys in `[key, range_end)`, where a
+/// `range_end` of one zero byte means "every key from `key` on" (and with `key` also a zero
+/// byte, every key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub perm_type: PermissionType,
+    pub key: Bytes,
+    pub range_end: Bytes,
+}
+
+/// A change to the auth state, as etcd's Auth API names them. Passwords travel only as bcrypt
+/// hashes, made before the change is proposed: no plain password is ever in the log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthChange {
+    /// Turns authentication on with a new key for signing tokens (made by the proposer, so
+    /// every node signs and verifies with the same one).
+    Enable {
+        signing_key: [u8; 32],
+    },
+    Disable,
+    /// A new user; no hash: a user that cannot log in with a password (a certificate's
+    /// common name only, etcd's `--no-password`).
+    UserAdd {
+        name: String,
+        password_hash: Option<String>,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        name: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    /// Invalidates every token issued to the user so far.
+    UserRevokeTokens {
+        name: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrantPermission {
+        name: String,
+        permission: Permission,
+    },
+    RoleRevokePermission {
+        name: String,
+        key: Bytes,
+        range_end: Bytes,
+    },
+}
+
+impl AuthChange {
+    /// etcd's name of the request, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthChange::Enable { .. } => "auth_enable",
+            AuthChange::Disable => "auth_disable",
+            AuthChange::UserAdd { .. } => "user_add",
+            AuthChange::UserDelete { .. } => "user_delete",
+            AuthChange::UserChangePassword { .. } => "user_change_password",
+            AuthChange::UserGrantRole { .. } => "user_grant_role",
+            AuthChange::UserRevokeRole { .. } => "user_revoke_role",
+            AuthChange::UserRevokeTokens { .. } => "user_revoke_tokens",
+            AuthChange::RoleAdd { .. } => "role_add",
+            AuthChange::RoleDelete { .. } => "role_delete",
+            AuthChange::RoleGrantPermission { .. } => "role_grant_permission",
+            AuthChange::RoleRevokePermission { .. } => "role_revoke_permission",
+        }
+    }
+
+    /// Bytes it carries, roughly (as [`Command::size`] counts).
+    fn size(&self) -> usize {
+        match self {
+            AuthChange::Enable { signing_key } => signing_key.len(),
+            AuthChange::Disable => 0,
+            AuthChange::UserAdd { name, password_hash } => name.len() + password_hash.as_ref().map_or(0, String::len),
+            AuthChange::UserChangePassword { name, password_hash } => name.len() + password_hash.len(),
+            AuthChange::UserDelete { name }
+            | AuthChange::UserRevokeTokens { name }
+            | AuthChange::RoleAdd { name }
+            | AuthChange::RoleDelete { name } => name.len(),
+            AuthChange::UserGrantRole { name, role } | AuthChange::UserRevokeRole { name, role } => {
+                name.len() + role.len()
+            }
+            AuthChange::RoleGrantPermission { name, permission } => {
+                name.len() + permission.key.len() + permission.range_end.len()
+            }
+            AuthChange::RoleRevokePermission { name, key, range_end } => name.len() + key.len() + range_end.len(),
+        }
+    }
+}
+
+// Hashes and signing keys are secrets: debug output names the change only.
+impl fmt::Debug for AuthChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthChange::{}", self.name())
     }
 }
 
@@ -119,10 +258,12 @@ impl fmt::Display for Proposal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// The key now holds the value written at `revision`: the store's revision, a counter that
-    /// every change to a key increments (as etcd's does).
+    /// every change to a key increments (as etcd's does). An auth change answers this too,
+    /// with the auth state's revision after it (auth changes leave the store's revision alone).
     Written { revision: u64 },
     /// The key was deleted; `existed` says whether there was anything to delete.
     Deleted { existed: bool },
-    /// The precondition did not hold; nothing changed. `current` is the key's revision.
+    /// The precondition did not hold; nothing changed. `current` is the key's revision (for
+    /// an auth change: the auth state's).
     PreconditionFailed { current: Option<u64> },
 }

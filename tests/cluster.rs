@@ -8,6 +8,12 @@ use common::{cluster, http, Kv};
 use nix::sys::signal::Signal;
 use raftkv_client::Consistency::{Lease, Linearizable, Stale};
 
+/// The cluster id node `i` reports through the admin service.
+async fn admin_cluster_id(c: &raftkv_harness::Cluster, i: usize) -> String {
+    let admin = raftkv_client::Admin::new(&c.node(i).raft_addr().to_string()).expect("admin endpoint");
+    admin.status().await.expect("admin status").cluster_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_and_join_form_a_three_voter_cluster_with_one_leader() {
     let c = cluster(3, &[]).await;
@@ -19,7 +25,10 @@ async fn bootstrap_and_join_form_a_three_voter_cluster_with_one_leader() {
         if s.is_leader() {
             leaders += 1;
         }
-        cluster_ids.insert(s.cluster_id.unwrap_or_default());
+        // The HTTP status never tells the cluster id (it fences Raft traffic); the admin
+        // service on the peer port does.
+        assert_eq!(s.cluster_id, None, "{s:?}");
+        cluster_ids.insert(admin_cluster_id(&c, i).await);
     }
     assert_eq!(leaders, 1);
     assert_eq!(cluster_ids.len(), 1, "all nodes share one cluster id");
@@ -200,12 +209,13 @@ async fn sigterm_on_the_leader_hands_over_and_exits_zero() {
 async fn bootstrap_on_a_node_with_state_is_a_no_op() {
     let mut c = cluster(1, &[]).await;
     c.put_ok(0, "k", "v").await;
-    let before = c.status(0).await.expect("status");
+    let before = admin_cluster_id(&c, 0).await;
     c.node_mut(0).kill();
     c.node_mut(0).start(&["--bootstrap"]).expect("start");
     c.wait_ready(0).await.expect("ready");
-    let after = c.status(0).await.expect("status");
-    assert_eq!(before.cluster_id, after.cluster_id);
+    let after = admin_cluster_id(&c, 0).await;
+    assert!(!before.is_empty());
+    assert_eq!(before, after);
     assert_eq!(c.get(0, "k", Linearizable).await.as_deref(), Some("v"));
     assert!(c.node(0).log_text().contains("--bootstrap ignored"));
 }

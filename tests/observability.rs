@@ -109,6 +109,7 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
             "raftkv_raft_proposal_commands",
             "raftkv_storage_state_flush_duration_seconds",
             "raftkv_read_index_confirmations_total",
+            "raftkv_server_alarm",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
             "process_open_fds",
@@ -130,6 +131,7 @@ async fn every_node_exposes_promtool_clean_metrics_with_bounded_labels() {
         // Labels stay bounded: no key, address or free-form label anywhere.
         let allowed: BTreeSet<&str> = [
             "route", "method", "code", "peer", "role", "db", "reason", "result", "node_id", "version", "le", "via",
+            "alarm", "cause",
         ]
         .into();
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -14,11 +14,30 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftkv_proto::admin as pb;
 use raftkv_proto::admin::admin_client::AdminClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
 use crate::model::NodeId;
+use crate::tls::{Credentials, Tls, TlsConnector};
 use crate::Error;
+
+/// Adds the caller's credentials (if any) to every call, as the `authorization` metadata.
+#[derive(Clone, Default)]
+pub struct Authorize(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The generated client, with credentials added to each call.
+pub type AdminRpc = AdminClient<InterceptedService<Channel, Authorize>>;
 
 /// The largest message the admin service may send (status of a big cluster, backup chunks).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -27,7 +46,9 @@ struct Target {
     /// As the caller wrote it: what error texts name.
     name: String,
     endpoint: Endpoint,
-    channel: Mutex<Option<AdminClient<Channel>>>,
+    channel: Mutex<Option<AdminRpc>>,
+    /// Given `https://`: TLS even without [`Admin::with_tls`] (with the system's roots).
+    https: bool,
 }
 
 /// The admin service of one node, or of the first of several that can be reached.
@@ -38,6 +59,8 @@ pub struct Admin {
     timeout: Duration,
     /// Made from a list: when none can be reached, say so for the whole list.
     list: bool,
+    tls: Option<Tls>,
+    authorize: Authorize,
 }
 
 impl std::fmt::Debug for Admin {
@@ -56,10 +79,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn target(name: &str) -> Result<Target, Error> {
     let name = name.trim().to_string();
-    let uri = if name.contains("://") {
-        name.clone()
-    } else {
-        format!("http://{name}")
+    // tonic is always given `http://`: TLS, when on, is done by our connector, which reads the
+    // host for the certificate's name.
+    let https = name.starts_with("https://");
+    let uri = match name.split_once("://") {
+        Some((_, rest)) => format!("http://{rest}"),
+        None => format!("http://{name}"),
     };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| Error::BadEndpoint {
@@ -71,6 +96,7 @@ fn target(name: &str) -> Result<Target, Error> {
         name,
         endpoint,
         channel: Mutex::new(None),
+        https,
     })
 }
 
@@ -82,6 +108,8 @@ impl Admin {
             current: AtomicUsize::new(0),
             timeout: DEFAULT_TIMEOUT,
             list: false,
+            tls: None,
+            authorize: Authorize::default(),
         })
     }
 
@@ -97,6 +125,8 @@ impl Admin {
             current: AtomicUsize::new(0),
             timeout: DEFAULT_TIMEOUT,
             list: true,
+            tls: None,
+            authorize: Authorize::default(),
         })
     }
 
@@ -130,22 +160,47 @@ impl Admin {
         self
     }
 
+    /// Talks TLS to every endpoint with these settings (`--cacert`, `--cert`, `--key`).
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Presents these credentials on every call (when the cluster has authentication on).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Result<Self, Error> {
+        let value = credentials
+            .authorization()
+            .parse()
+            .map_err(|_| Error::Tls("credentials that cannot be sent as gRPC metadata".into()))?;
+        self.authorize = Authorize(Some(value));
+        Ok(self)
+    }
+
     /// The endpoint that answered last (the first one before any call), as given.
     pub fn endpoint(&self) -> &str {
         &self.targets[self.current.load(Ordering::Relaxed)].name
     }
 
     /// The kept client for target `i`, connecting if there is none yet.
-    async fn client(&self, i: usize) -> Result<AdminClient<Channel>, Error> {
+    async fn client(&self, i: usize) -> Result<AdminRpc, Error> {
         let t = &self.targets[i];
         if let Some(c) = lock(&t.channel).clone() {
             return Ok(c);
         }
-        let channel = t.endpoint.connect().await.map_err(|e| Error::NotSent {
+        let tls = match (&self.tls, t.https) {
+            (Some(tls), _) => Some(tls.clone()),
+            (None, true) => Some(Tls::from_pem(None, None, None)?),
+            (None, false) => None,
+        };
+        let connected = match tls {
+            Some(tls) => t.endpoint.connect_with_connector(TlsConnector::grpc(tls)).await,
+            None => t.endpoint.connect().await,
+        };
+        let channel = connected.map_err(|e| Error::NotSent {
             endpoint: t.name.clone(),
             reason: root_cause(&e),
         })?;
-        let client = AdminClient::new(channel)
+        let client = AdminClient::with_interceptor(channel, self.authorize.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Two calls racing to connect both succeed; the later one's channel is kept.
@@ -157,7 +212,7 @@ impl Admin {
     /// be reached.
     async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Error>
     where
-        F: Fn(AdminClient<Channel>) -> Fut,
+        F: Fn(AdminRpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.targets.len();

@@ -42,6 +42,9 @@ pub enum Error {
     /// An answer came but is not what the API sends.
     #[error("{endpoint}: cannot read the answer: {reason}")]
     Decode { endpoint: String, reason: String },
+    /// TLS settings that cannot be used (unreadable or malformed certificates or keys).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// None of several endpoints could be reached.
     #[error("no endpoint answered: {}", join(.failures))]
     NoEndpoint { failures: Vec<Error> },
@@ -72,7 +75,7 @@ impl Error {
             | Error::Api { endpoint, .. }
             | Error::Rpc { endpoint, .. }
             | Error::Decode { endpoint, .. } => Some(endpoint),
-            Error::NoEndpoint { .. } => None,
+            Error::NoEndpoint { .. } | Error::Tls(_) => None,
         }
     }
 

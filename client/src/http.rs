@@ -9,7 +9,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::model::{query_encode, Deleted, JoinRequest, Joined, NodeId, Page, Probe, Status, Value, Written};
+use crate::model::{query_encode, Deleted, NodeId, Page, Probe, Status, Value, Written};
+use crate::tls::{Credentials, Tls};
 use crate::Error;
 
 /// The header that names the node that served a request (for a write: the leader).
@@ -91,9 +92,12 @@ pub struct ListOptions {
     pub prefix: Bytes,
     /// The first key of the page (a previous page's `next_start`).
     pub start: Option<Bytes>,
-    /// At most this many keys (the server allows 1 to 1000; it picks 100 when unset).
+    /// At most this many keys (the server allows 1 to 1000; it picks 100 when unset). A page
+    /// may hold fewer, and name a `next_start`, once it reaches the server's byte bound.
     pub limit: Option<usize>,
     pub consistency: Consistency,
+    /// Keys and revisions only: the listed items' values are left empty.
+    pub keys_only: bool,
 }
 
 /// How a [`Client`] is made.
@@ -102,6 +106,8 @@ pub struct ClientBuilder {
     endpoint: String,
     timeout: Duration,
     http: Option<reqwest::Client>,
+    tls: Option<Tls>,
+    credentials: Option<Credentials>,
 }
 
 impl ClientBuilder {
@@ -117,9 +123,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Talks HTTPS with these settings (`--cacert`, `--cert`, `--key`); an endpoint without a
+    /// scheme then means `https://`.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Presents these credentials on every request.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
-        let base = base_url(&self.endpoint);
-        if base.len() <= "http://".len() {
+        let base = base_url(&self.endpoint, self.tls.is_some());
+        if base.split_once("://").is_none_or(|(_, host)| host.is_empty()) {
             return Err(Error::BadEndpoint {
                 endpoint: self.endpoint,
                 reason: "no host".into(),
@@ -127,24 +146,47 @@ impl ClientBuilder {
         }
         let http = match self.http {
             Some(h) => h,
-            None => reqwest::Client::builder().build().map_err(|e| Error::BadEndpoint {
-                endpoint: base.clone(),
-                reason: e.to_string(),
-            })?,
+            None => {
+                let mut builder = reqwest::Client::builder();
+                let tls = match (&self.tls, base.starts_with("https://")) {
+                    (Some(tls), _) => Some(tls.clone()),
+                    (None, true) => Some(Tls::from_pem(None, None, None)?),
+                    (None, false) => None,
+                };
+                if let Some(tls) = tls {
+                    // This client speaks HTTP/1.1 only: offer nothing else in ALPN.
+                    builder = builder.use_preconfigured_tls(tls.with_alpn(&["http/1.1"]));
+                }
+                builder.build().map_err(|e| Error::BadEndpoint {
+                    endpoint: base.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let authorization = match &self.credentials {
+            Some(c) => Some(
+                reqwest::header::HeaderValue::from_str(&c.authorization())
+                    .map_err(|_| Error::Tls("credentials that cannot be sent in an HTTP header".into()))?,
+            ),
+            None => None,
         };
         Ok(Client {
             base,
             http,
             timeout: self.timeout,
+            authorization,
         })
     }
 }
 
-/// `host:port` or `http://host:port[/]` as a base URL without a trailing slash.
-fn base_url(ep: &str) -> String {
+/// `host:port` or `http[s]://host:port[/]` as a base URL without a trailing slash; without a
+/// scheme, `https` when TLS is configured.
+fn base_url(ep: &str, tls: bool) -> String {
     let ep = ep.trim().trim_end_matches('/');
     if ep.contains("://") {
         ep.to_string()
+    } else if tls {
+        format!("https://{ep}")
     } else {
         format!("http://{ep}")
     }
@@ -156,6 +198,8 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     timeout: Duration,
+    /// Sent with every request, when credentials were given.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Client {
@@ -169,6 +213,8 @@ impl Client {
             endpoint: endpoint.to_string(),
             timeout: Duration::from_secs(10),
             http: None,
+            tls: None,
+            credentials: None,
         }
     }
 
@@ -232,7 +278,7 @@ impl Client {
         self.json(r).await
     }
 
-    /// `GET /v1/kv?prefix=&start=&limit=&consistency=`: one page.
+    /// `GET /v1/kv?prefix=&start=&limit=&consistency=&keys_only=`: one page.
     pub async fn list(&self, options: &ListOptions) -> Result<Page, Error> {
         let mut url = format!(
             "{}?prefix={}&consistency={}",
@@ -245,6 +291,9 @@ impl Client {
         }
         if let Some(limit) = options.limit {
             url.push_str(&format!("&limit={limit}"));
+        }
+        if options.keys_only {
+            url.push_str("&keys_only=true");
         }
         let r = self.send(self.http.get(url)).await?;
         self.json(r).await
@@ -271,14 +320,6 @@ impl Client {
         })
     }
 
-    /// `POST /v1/cluster/join`: adds the caller to the cluster (through the leader).
-    pub async fn join(&self, request: &JoinRequest) -> Result<Joined, Error> {
-        let r = self
-            .send(self.http.post(self.url("/v1/cluster/join")).json(request))
-            .await?;
-        self.json(r).await
-    }
-
     async fn probe(&self, path: &str) -> Result<Probe, Error> {
         let r = self.send_raw(self.http.get(self.url(path))).await?;
         let status = r.status();
@@ -297,6 +338,10 @@ impl Client {
 
     /// Sends a request; any answer is returned, success or not.
     async fn send_raw(&self, req: RequestBuilder) -> Result<reqwest::Response, Error> {
+        let req = match &self.authorization {
+            Some(value) => req.header(reqwest::header::AUTHORIZATION, value.clone()),
+            None => req,
+        };
         req.timeout(self.timeout)
             .send()
             .await

@@ -11,12 +11,15 @@
 //! It builds without the server (no openraft, redb or axum).
 
 mod admin;
+pub mod auth;
 mod error;
 mod http;
 pub mod model;
+pub mod tls;
 
 pub use admin::{AddVoter, Admin, Backup};
 pub use error::Error;
 pub use http::{key_path, Client, ClientBuilder, Condition, Consistency, ListOptions, NODE_HEADER, REVISION_HEADER};
 /// The protobufs of the admin service, as [`Admin`] takes and returns them.
 pub use raftkv_proto::admin as pb;
+pub use tls::{Credentials, Tls};

@@ -90,6 +90,42 @@ pub struct Status {
     pub membership_log_index: Option<u64>,
     pub joint: bool,
     pub uptime_seconds: u64,
+    /// The alarms this node has raised (none: left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<Alarm>,
+}
+
+/// An alarm a member has raised, as `etcdctl alarm list` shows one (`memberID:2
+/// alarm:NOSPACE`), with what raised it. While a NOSPACE alarm is up the member refuses puts
+/// (`507 no_space`); deletes and reads go on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Alarm {
+    pub member_id: NodeId,
+    pub alarm: AlarmType,
+    pub cause: AlarmCause,
+    /// What was measured, in words.
+    pub reason: String,
+}
+
+/// etcd's alarm types.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum AlarmType {
+    /// Out of space: the backend is over its quota, or the disk is (nearly) full.
+    #[serde(rename = "NOSPACE")]
+    NoSpace,
+}
+
+/// What raised a NOSPACE alarm.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmCause {
+    /// The state database is larger than `--quota-backend-bytes`; clears once it is not.
+    Quota,
+    /// The data directory's filesystem has less free space than `--disk-reserve-bytes`;
+    /// clears once space is freed.
+    DiskFull,
+    /// The disk refused a write to a store; the node exits to be restarted.
+    WriteFailed,
 }
 
 impl Status {
@@ -160,6 +196,7 @@ pub struct Value {
 
 /// One key of a listing. On the wire `key`/`value` are strings when they are UTF-8, else
 /// `key_base64`/`value_base64`, so that any byte string survives JSON; here they are bytes.
+/// A keys-only listing sends no value: it is empty here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "WireItem", into = "WireItem")]
 pub struct ListItem {
@@ -206,7 +243,10 @@ impl TryFrom<WireItem> for ListItem {
     fn try_from(w: WireItem) -> Result<Self, String> {
         Ok(ListItem {
             key: from_text_or_base64("key", w.key, w.key_base64)?,
-            value: from_text_or_base64("value", w.value, w.value_base64)?,
+            value: match (w.value, w.value_base64) {
+                (None, None) => Bytes::new(),
+                (text, b64) => from_text_or_base64("value", text, b64)?,
+            },
             revision: w.revision,
         })
     }
@@ -309,24 +349,6 @@ impl ErrorBody {
     }
 }
 
-/// `POST /v1/cluster/join`: add the caller as a voter (or a learner).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinRequest {
-    pub id: NodeId,
-    pub raft_addr: String,
-    pub http_addr: String,
-    #[serde(default)]
-    pub learner_only: bool,
-}
-
-/// The answer to a join: where the membership change was committed, in words too.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Joined {
-    pub log_index: u64,
-    pub message: String,
-}
-
 /// `GET /healthz` and `GET /readyz`: `{"status":"ok"}`, `{"status":"ready"}`, or
 /// `{"status":"not_ready","reason":...}` (with 503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +413,19 @@ mod tests {
     }
 
     #[test]
+    fn alarms_round_trip_as_etcd_names_them() {
+        let s: Status = round_trip(
+            r#"{"id":2,"cluster_id":"c","role":"follower","term":1,"leader":1,"last_log_index":3,
+            "committed":null,"applied":null,"snapshot":null,"purged":null,"members":[],
+            "membership_log_index":null,"joint":false,"uptime_seconds":1,
+            "alarms":[{"member_id":2,"alarm":"NOSPACE","cause":"disk_full","reason":"1.0 MiB free"}]}"#,
+        );
+        assert_eq!(s.alarms.len(), 1);
+        assert_eq!(s.alarms[0].alarm, AlarmType::NoSpace);
+        assert_eq!(s.alarms[0].cause, AlarmCause::DiskFull);
+    }
+
+    #[test]
     fn write_answers_round_trip() {
         let w: Written = round_trip(r#"{"revision":42,"node":2}"#);
         assert_eq!(w, Written { revision: 42, node: 2 });
@@ -411,6 +446,16 @@ mod tests {
         assert_eq!(p.next_start, Some(Bytes::from_static(b"a/c\xff")));
         let last: Page = round_trip(r#"{"items":[],"next_start":null,"node":1}"#);
         assert_eq!(last.next_start, None);
+    }
+
+    #[test]
+    fn a_keys_only_item_has_an_empty_value() {
+        let i: ListItem = serde_json::from_str(r#"{"key":"k","revision":2}"#).unwrap();
+        assert_eq!(i.key, Bytes::from_static(b"k"));
+        assert!(i.value.is_empty());
+        assert!(
+            serde_json::from_str::<ListItem>(r#"{"key":"k","value":"x","value_base64":"eA==","revision":1}"#).is_err()
+        );
     }
 
     #[test]
@@ -439,15 +484,6 @@ mod tests {
         );
         let plain: ErrorBody = round_trip(r#"{"error":{"code":"key_not_found","message":"key not found"}}"#);
         assert_eq!(plain.current_revision(), None);
-    }
-
-    #[test]
-    fn join_requests_default_to_voters_and_refuse_unknown_fields() {
-        let j: JoinRequest = serde_json::from_str(r#"{"id":4,"raft_addr":"d:1","http_addr":"d:2"}"#).unwrap();
-        assert!(!j.learner_only);
-        round_trip::<JoinRequest>(r#"{"id":4,"raft_addr":"d:1","http_addr":"d:2","learner_only":true}"#);
-        assert!(serde_json::from_str::<JoinRequest>(r#"{"id":4,"raft_addr":"d:1","http_addr":"d:2","x":1}"#).is_err());
-        round_trip::<Joined>(r#"{"log_index":9,"message":"added node 4 as a voter"}"#);
     }
 
     #[test]

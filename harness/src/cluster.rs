@@ -44,6 +44,8 @@ impl Options {
                 global_args: Vec::new(),
                 node_args: Vec::new(),
                 env: vec![("RUST_LOG".into(), "info,openraft=warn".into())],
+                tls: None,
+                credentials: None,
             },
             dir: None,
             timeout: Duration::from_secs(60),
@@ -79,6 +81,19 @@ impl Options {
     /// Leaves the nodes the harness's own environment (no `RUST_LOG` of the harness's choosing).
     pub fn inherit_env(mut self) -> Options {
         self.program.env.clear();
+        self
+    }
+
+    /// The harness's own clients (probes, [`Node::client`], writers) talk HTTPS with `tls`.
+    /// The nodes' TLS flags are given with [`Options::node_args`] (see [`crate::pki`]).
+    pub fn client_tls(mut self, tls: raftkv_client::Tls) -> Options {
+        self.program.tls = Some(tls);
+        self
+    }
+
+    /// The harness's own clients present `credentials` (a cluster with authentication on).
+    pub fn credentials(mut self, credentials: raftkv_client::Credentials) -> Options {
+        self.program.credentials = Some(credentials);
         self
     }
 
@@ -221,14 +236,15 @@ impl Cluster {
         self.nodes[i].start(&["--join", &seeds])
     }
 
-    /// The HTTP addresses of the running nodes other than `i`, as `--join` takes them. A node
+    /// The peer (Raft/admin) addresses of the running nodes other than `i`, as `--join` takes
+    /// them. A node
     /// that was never started is left out: the harness may hold its listener, which accepts
     /// and never answers.
     fn join_seeds(&mut self, i: usize) -> String {
         let mut seeds = Vec::new();
         for (j, n) in self.nodes.iter_mut().enumerate() {
             if j != i && n.is_running() {
-                seeds.push(n.http_addr().to_string());
+                seeds.push(n.raft_addr().to_string());
             }
         }
         seeds.join(",")

@@ -13,6 +13,7 @@
 //!   [`Launcher`] (`ip netns exec NAME`).
 //! - [`Writer`]: background writes that remember what was acknowledged.
 //! - [`cli`]: the `raftkv` command-line tools, run as a user runs them.
+//! - [`pki`]: a CA and certificates made for a test, as PEM files.
 //! - [`prometheus`]: a real Prometheus scraping the nodes, and the dashboard's queries.
 
 pub mod cli;
@@ -21,6 +22,7 @@ mod error;
 mod listeners;
 pub mod logs;
 mod node;
+pub mod pki;
 pub mod prometheus;
 mod writer;
 
@@ -40,10 +42,16 @@ const KV_TIMEOUT: Duration = Duration::from_secs(30);
 /// not ready, and a wait asks again.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A client of the HTTP API at `addr`.
-fn client_for(addr: SocketAddr) -> Result<raftkv_client::Client> {
-    raftkv_client::Client::builder(&addr.to_string())
-        .timeout(KV_TIMEOUT)
+/// A client of the HTTP API at `addr`, with the cluster's client TLS and credentials.
+fn client_for(addr: SocketAddr, program: &node::Program) -> Result<raftkv_client::Client> {
+    let mut builder = raftkv_client::Client::builder(&addr.to_string()).timeout(KV_TIMEOUT);
+    if let Some(tls) = &program.tls {
+        builder = builder.tls(tls.clone());
+    }
+    if let Some(credentials) = &program.credentials {
+        builder = builder.credentials(credentials.clone());
+    }
+    builder
         .build()
         .map_err(|e| Error::Usage(format!("a client for {addr}: {e}")))
 }

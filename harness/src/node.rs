@@ -26,6 +26,9 @@ pub(crate) struct Program {
     /// Flags after `serve`, given to every node.
     pub(crate) node_args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    /// How the harness's own clients reach the nodes' HTTP API.
+    pub(crate) tls: Option<raftkv_client::Tls>,
+    pub(crate) credentials: Option<raftkv_client::Credentials>,
 }
 
 /// Where a node listens.
@@ -159,7 +162,7 @@ impl Node {
             }
             Listen::At { raft, http } => (raft, http, None),
         };
-        let client = crate::client_for(http_addr)?;
+        let client = crate::client_for(http_addr, &program)?;
         Ok(Node {
             probe: client.with_timeout(crate::PROBE_TIMEOUT),
             client,
@@ -193,9 +196,10 @@ impl Node {
         self.http_addr
     }
 
-    /// `http://<http addr><path>`.
+    /// `http://<http addr><path>` (`https://` when the cluster has TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http_addr)
+        let scheme = if self.program.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.http_addr)
     }
 
     pub fn data_dir(&self) -> &Path {

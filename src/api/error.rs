@@ -41,6 +41,25 @@ pub(super) enum ApiError {
     Admin(String, StatusCode),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The NOSPACE alarm is raised (quota reached or the disk is full): writes are refused
+    /// while reads go on (etcd's "etcdserver: mvcc: database space exceeded").
+    #[error("{0}")]
+    NoSpace(String),
+    /// No credentials, or credentials that are not (or no longer) valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials whose roles do not allow this request.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The node already serves as many client connections as it may.
+    #[error("this node already serves {0} client connections; retry later or use another node")]
+    TooManyConnections(usize),
+    /// The request's headers were larger than the node accepts.
+    #[error("request headers are too large")]
+    HeadersTooLarge,
+    /// The client did not send its request (headers or body) in time.
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl ApiError {
@@ -60,6 +79,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Admin(_, s) => *s,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -84,6 +109,12 @@ impl ApiError {
             ApiError::Admin(_, s) if *s == StatusCode::CONFLICT => "refused",
             ApiError::Admin(..) => "admin_failed",
             ApiError::Internal(_) => "internal",
+            ApiError::NoSpace(_) => "no_space",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::PermissionDenied(_) => "permission_denied",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::HeadersTooLarge => "headers_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
         }
     }
 }
@@ -94,7 +125,14 @@ impl IntoResponse for ApiError {
         if let ApiError::PreconditionFailed { current, .. } = &self {
             err["current_revision"] = json!(current);
         }
-        (self.status(), Json(json!({ "error": err }))).into_response()
+        let mut resp = (self.status(), Json(json!({ "error": err }))).into_response();
+        if matches!(self, ApiError::Unauthenticated(_)) {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"raftkv\", Bearer"),
+            );
+        }
+        resp
     }
 }
 

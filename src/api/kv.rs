@@ -8,16 +8,14 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use percent_encoding::NON_ALPHANUMERIC;
-use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::request::{self, Consistency};
 use super::{ApiState, NODE_HEADER};
-use crate::replica::{BarrierError, Confirmation, ProposeError};
+use crate::replica::{BarrierError, Confirmation, ProposeError, WriteError};
 use crate::storage::KeyValue;
 use crate::types::{Command, CommandResult, NodeId};
 
@@ -124,10 +122,11 @@ async fn linearize_here(state: &ApiState, consistency: Consistency) -> Result<()
 async fn write(state: &ApiState, cmd: Command) -> Result<Response, ApiError> {
     let deadline = Instant::now() + state.limits.request_timeout;
     let (result, leader) = state.replica.propose(cmd, deadline).await.map_err(|e| match e {
-        ProposeError::NoLeader(m) | ProposeError::NotLeader(m) => ApiError::NoLeader(m),
-        ProposeError::Timeout(m) => ApiError::Timeout(m),
-        ProposeError::Unknown(m) => ApiError::BadGateway(format!("{m}; the outcome is unknown")),
-        ProposeError::Stopped(m) => ApiError::Unavailable(m),
+        WriteError::NoSpace(m) => ApiError::NoSpace(m),
+        WriteError::Propose(ProposeError::NoLeader(m) | ProposeError::NotLeader(m)) => ApiError::NoLeader(m),
+        WriteError::Propose(ProposeError::Timeout(m)) => ApiError::Timeout(m),
+        WriteError::Propose(ProposeError::Unknown(m)) => ApiError::BadGateway(format!("{m}; the outcome is unknown")),
+        WriteError::Propose(ProposeError::Stopped(m)) => ApiError::Unavailable(m),
     })?;
     render_write(result, leader)
 }
@@ -229,43 +228,92 @@ pub(super) async fn get(State(state): State<Arc<ApiState>>, req: Request) -> Res
     .await
 }
 
-/// `GET /v1/kv?prefix=&start=&limit=`: keys and values in key order, one page at a time.
+/// `GET /v1/kv?prefix=&start=&limit=&keys_only=`: keys (and values) in key order, one page
+/// at a time; a page also ends once it holds `--max-list-bytes` of keys and values.
 pub(super) async fn list(State(state): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
     let req = Incoming::read(req, state.limits.max_value_bytes).await?;
     req.no_body("GET")?;
-    let q = request::parse_query(req.query.as_deref(), &["consistency", "prefix", "start", "limit"])?;
+    let q = request::parse_query(
+        req.query.as_deref(),
+        &["consistency", "prefix", "start", "limit", "keys_only"],
+    )?;
     let consistency = q.consistency.unwrap_or_default();
     let prefix = q.prefix.unwrap_or_default();
     let start = q.start.unwrap_or_default();
     let limit = q.limit.unwrap_or(100);
+    let keys_only = q.keys_only.unwrap_or(false);
     read(&state, consistency, || {
         let (items, next) = state
             .replica
             .state()
-            .list(&prefix, &start, limit)
+            .list(&prefix, &start, limit, state.limits.max_list_bytes, keys_only)
             .map_err(storage_err)?;
-        let items: Vec<Value> = items.iter().map(item_json).collect();
-        let next_start = next.map(|k| percent_encode_key(&k));
-        Ok(Json(json!({ "items": items, "next_start": next_start, "node": state.id })).into_response())
+        let page = ListPage {
+            items: ListedItems {
+                items: &items,
+                keys_only,
+            },
+            next_start: next.map(|k| percent_encode_key(&k)),
+            node: state.id,
+        };
+        // Serialized straight from the page's items: a page is as large as the byte bound
+        // allows, and a copy of it as a JSON tree would double what the node holds for it.
+        let body = serde_json::to_vec(&page).map_err(|e| ApiError::Internal(format!("rendering a listing: {e}")))?;
+        let mut resp = Response::new(Body::from(body));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(resp)
     })
     .await
 }
 
+/// A listing page as it is sent: `{"items":[...],"next_start":...,"node":...}`.
+#[derive(serde::Serialize)]
+struct ListPage<'a> {
+    items: ListedItems<'a>,
+    next_start: Option<String>,
+    node: NodeId,
+}
+
+struct ListedItems<'a> {
+    items: &'a [KeyValue],
+    keys_only: bool,
+}
+
+impl serde::Serialize for ListedItems<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.items.iter().map(|kv| ListedItem {
+            kv,
+            keys_only: self.keys_only,
+        }))
+    }
+}
+
 /// A listed key: `key`/`value` as strings when they are UTF-8, else `key_base64`/`value_base64`,
-/// so that any byte string survives the trip through JSON.
-fn item_json(kv: &KeyValue) -> Value {
-    let mut m = Map::new();
-    for (name, bytes) in [("key", &kv.key), ("value", &kv.value)] {
-        match std::str::from_utf8(bytes) {
-            Ok(s) => m.insert(name.into(), Value::String(s.into())),
-            Err(_) => m.insert(
-                format!("{name}_base64"),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+/// so that any byte string survives the trip through JSON; no value in a keys-only listing.
+struct ListedItem<'a> {
+    kv: &'a KeyValue,
+    keys_only: bool,
+}
+
+impl serde::Serialize for ListedItem<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(if self.keys_only { 2 } else { 3 }))?;
+        let bytes = |m: &mut S::SerializeMap, name: &str, b: &[u8]| match std::str::from_utf8(b) {
+            Ok(text) => m.serialize_entry(name, text),
+            Err(_) => m.serialize_entry(
+                &format!("{name}_base64"),
+                &base64::engine::general_purpose::STANDARD.encode(b),
             ),
         };
+        bytes(&mut m, "key", &self.kv.key)?;
+        if !self.keys_only {
+            bytes(&mut m, "value", &self.kv.value)?;
+        }
+        m.serialize_entry("revision", &self.kv.revision)?;
+        m.end()
     }
-    m.insert("revision".into(), json!(kv.revision));
-    Value::Object(m)
 }
 
 /// A key as a query-string value (for `next_start`): percent-encoded, any bytes.

@@ -1,26 +1,28 @@
-//! The client HTTP API (axum): keys and values under `/v1/kv`, node status and health, and
-//! the join endpoint that `serve --join` uses.
+//! The client HTTP API (axum): keys and values under `/v1/kv`, node status and health,
+//! authentication and its management under `/v1/auth`.
 
+mod auth;
 mod error;
 mod kv;
+mod probes;
 mod request;
+mod serve;
+
+pub(crate) use serve::{serve, HttpLimits};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use raftkv_client::model;
 
-use crate::cluster::status::not_ready_reason;
 use crate::cluster::Admin;
 use crate::metrics::Metrics;
-use crate::pb::admin::AddMemberRequest;
 use crate::replica::Replica;
 use crate::types::NodeId;
 use error::ApiError;
@@ -34,6 +36,8 @@ pub(crate) struct Limits {
     pub(crate) max_value_bytes: usize,
     /// Upper bound for a write or linearizable read, including waiting for a leader.
     pub(crate) request_timeout: Duration,
+    /// Most bytes of keys and values in one listing page (past its first key).
+    pub(crate) max_list_bytes: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
         Limits {
             max_value_bytes: 1 << 20,
             request_timeout: Duration::from_secs(5),
+            max_list_bytes: 4 << 20,
         }
     }
 }
@@ -55,6 +60,9 @@ pub(crate) struct ApiState {
     /// Set on SIGTERM or removal: new requests are refused while the node stops.
     pub(crate) stopping: Arc<Stopping>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Identifies callers against the replicated users (token TTL, bcrypt cost, remembered
+    /// password checks).
+    pub(crate) auth: crate::auth::Authenticator,
 }
 
 /// Whether (and why) a node is stopping.
@@ -94,12 +102,13 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/status", get(status))
-        .route("/v1/cluster/join", post(join))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
         .route("/metrics", get(metrics))
+        .merge(auth::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), around))
         .with_state(state)
 }
@@ -150,56 +159,11 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::MethodNotAllowed(req.method().to_string())
 }
 
-/// Liveness: the process serves HTTP.
-async fn healthz() -> Json<model::Probe> {
-    Json(model::Probe {
-        status: "ok".into(),
-        reason: None,
-    })
-}
-
-/// Readiness: a member of a cluster that has a leader, with everything it knows to be
-/// committed applied.
-async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
-    match not_ready_reason(state.replica.raft()) {
-        None => Json(model::Probe {
-            status: "ready".into(),
-            reason: None,
-        })
-        .into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(model::Probe {
-                status: "not_ready".into(),
-                reason: Some(reason),
-            }),
-        )
-            .into_response(),
-    }
-}
-
+/// `GET /v1/status`. Without the cluster id: it fences Raft traffic between clusters, and the
+/// client port is public (the admin service on the peer port reports it).
 async fn status(State(state): State<Arc<ApiState>>) -> Response {
-    Json(state.admin.status()).into_response()
-}
-
-/// `POST /v1/cluster/join`: add the caller as a voter (or learner), forwarded to the leader.
-async fn join(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let req: model::JoinRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("join request: {e}")))?;
-    let add = AddMemberRequest {
-        id: req.id,
-        raft_addr: req.raft_addr,
-        http_addr: req.http_addr,
-        catch_up_timeout_ms: 0,
-    };
-    let resp = if req.learner_only {
-        state.admin.add_learner(add).await?
-    } else {
-        state.admin.add_voter(add, None).await?
-    };
-    Ok(Json(model::Joined {
-        log_index: resp.log_index,
-        message: resp.message,
-    })
-    .into_response())
+    let mut status = state.admin.status();
+    status.cluster_id = None;
+    status.alarms = crate::cluster::status::alarms(&state.replica);
+    Json(status).into_response()
 }

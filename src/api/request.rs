@@ -79,6 +79,8 @@ pub(super) struct Query {
     pub prefix: Option<Bytes>,
     pub start: Option<Bytes>,
     pub limit: Option<usize>,
+    /// `keys_only=true`: a listing without values (etcd's `keys_only`).
+    pub keys_only: Option<bool>,
 }
 
 pub(super) const MAX_LIST_LIMIT: usize = 1000;
@@ -137,6 +139,20 @@ pub(super) fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Query, 
                         ApiError::InvalidQuery(format!("limit must be an integer from 1 to {MAX_LIST_LIMIT}"))
                     })?;
                 if q.limit.replace(n).is_some() {
+                    return Err(dup());
+                }
+            }
+            "keys_only" => {
+                let k = match text()?.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::InvalidQuery(format!(
+                            "keys_only {other:?} is not one of true, false"
+                        )))
+                    }
+                };
+                if q.keys_only.replace(k).is_some() {
                     return Err(dup());
                 }
             }
@@ -243,6 +259,14 @@ mod tests {
         assert!(parse_query(Some("bogus=1"), &["limit"]).is_err());
         assert!(parse_query(Some("limit=1&limit=2"), &["limit"]).is_err());
         assert!(parse_query(Some("x=1"), &[]).is_err());
+        let q = parse_query(Some("keys_only=true"), &["keys_only"]).unwrap();
+        assert_eq!(q.keys_only, Some(true));
+        assert_eq!(
+            parse_query(Some("keys_only=false"), &["keys_only"]).unwrap().keys_only,
+            Some(false)
+        );
+        assert!(parse_query(Some("keys_only=yes"), &["keys_only"]).is_err());
+        assert!(parse_query(Some("keys_only=true&keys_only=true"), &["keys_only"]).is_err());
     }
 
     #[test]

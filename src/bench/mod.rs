@@ -18,8 +18,8 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use target::Conn;
 pub use target::Target;
+use target::{Conn, Dialer};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Label for the report (e.g. the scenario name).
     #[arg(long, default_value = "")]
     pub label: String,
+    /// TLS for the endpoints (HTTPS: `https://` endpoints, or any with --cacert).
+    #[command(flatten)]
+    pub connect: crate::cli::connect::ConnectArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,9 +148,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let value: bytes::Bytes = vec![b'x'; args.value_size].into();
     let target = args.target;
+    let dialer = Dialer::new(args.connect.tls()?);
 
     if args.preload {
-        preload(&endpoints, target, args.keys, &value, args.connections, timeout).await?;
+        preload(
+            &endpoints,
+            &dialer,
+            target,
+            args.keys,
+            &value,
+            args.connections,
+            timeout,
+        )
+        .await?;
     }
 
     let stats = Arc::new(Stats {
@@ -193,7 +206,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut workers = Vec::new();
     for w in 0..args.connections {
-        let mut conn = Conn::new(&endpoints[w % endpoints.len()], target, &args.consistency, timeout);
+        let mut conn = Conn::new(
+            &endpoints[w % endpoints.len()],
+            &dialer,
+            target,
+            &args.consistency,
+            timeout,
+        );
         let stats = stats.clone();
         let issued = issued.clone();
         let stop = stop.clone();
@@ -268,6 +287,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn preload(
     endpoints: &[String],
+    dialer: &Dialer,
     target: Target,
     keys: u64,
     value: &bytes::Bytes,
@@ -277,7 +297,7 @@ async fn preload(
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
     for w in 0..connections.max(1) {
-        let mut conn = Conn::new(&endpoints[w % endpoints.len()], target, "linearizable", timeout);
+        let mut conn = Conn::new(&endpoints[w % endpoints.len()], dialer, target, "linearizable", timeout);
         let (value, next) = (value.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             loop {

@@ -7,6 +7,7 @@
 //! worker, no channel between them, no request object built per operation.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -26,13 +27,75 @@ pub enum Target {
 /// Largest answer accepted; a bigger one is an error, not a buffer that grows without end.
 const MAX_RESPONSE: usize = 16 << 20;
 
+/// A connection as the bench sees it: plain TCP, or TLS over it (`https://` endpoints).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
+/// The TLS client configuration for `https://` endpoints (HTTP/1.1 in ALPN), if any.
+#[derive(Clone, Default)]
+pub(super) struct Dialer {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Dialer {
+    pub(super) fn new(tls: Option<raftkv_client::Tls>) -> Dialer {
+        Dialer {
+            tls: tls.map(|t| {
+                let mut config = (*t.config()).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(config)
+            }),
+        }
+    }
+
+    async fn dial(&self, endpoint: &str, https: bool) -> Result<Stream, String> {
+        let tcp = TcpStream::connect(endpoint).await.map_err(|_| "connect".to_string())?;
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return Ok(Stream::Plain(tcp));
+        }
+        let config = self
+            .tls
+            .clone()
+            .ok_or_else(|| "https endpoint without --cacert".to_string())?;
+        let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| "bad TLS server name".to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|_| "tls handshake".to_string())?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
 /// One worker's connection to one endpoint (`host:port`); reconnects after a failure.
 pub(super) struct Conn {
     endpoint: String,
+    https: bool,
+    dialer: Dialer,
     target: Target,
     consistency: String,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// The request being sent.
     out: Vec<u8>,
     /// Bytes received and not yet consumed.
@@ -40,14 +103,17 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(endpoint: &str, target: Target, consistency: &str, timeout: Duration) -> Conn {
+    pub(super) fn new(endpoint: &str, dialer: &Dialer, target: Target, consistency: &str, timeout: Duration) -> Conn {
+        let https = endpoint.starts_with("https://") || (dialer.tls.is_some() && !endpoint.contains("://"));
         let endpoint = endpoint
-            .strip_prefix("http://")
-            .unwrap_or(endpoint)
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest)
             .trim_end_matches('/')
             .to_string();
         Conn {
             endpoint,
+            https,
+            dialer: dialer.clone(),
             target,
             consistency: consistency.to_string(),
             timeout,
@@ -127,12 +193,9 @@ impl Conn {
     /// Sends `self.out` and reads one answer; returns its status.
     async fn exchange(&mut self) -> Result<u16, String> {
         if self.stream.is_none() {
-            let tcp = TcpStream::connect(&self.endpoint)
-                .await
-                .map_err(|_| "connect".to_string())?;
-            let _ = tcp.set_nodelay(true);
+            let stream = self.dialer.dial(&self.endpoint, self.https).await?;
             self.input.clear();
-            self.stream = Some(tcp);
+            self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().ok_or_else(|| "connect".to_string())?;
         stream.write_all(&self.out).await.map_err(|_| "transport".to_string())?;

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use raftkv_client::{pb, Admin};
 use serde_json::json;
 
+use super::connect::ConnectArgs;
 use super::{endpoints, table, Output};
 
 #[derive(Debug, Clone, Args)]
@@ -23,6 +24,8 @@ pub struct AdminArgs {
     /// Per-call timeout in seconds (add-voter waits for catch-up on top of it).
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -116,7 +119,13 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Backup { .. } => BACKUP_TIMEOUT,
         _ => Duration::from_secs(args.timeout),
     };
-    let admin = Admin::any(&endpoints(&args.endpoint))?.timeout(timeout);
+    let mut admin = Admin::any(&endpoints(&args.endpoint))?.timeout(timeout);
+    if let Some(tls) = args.connect.tls()? {
+        admin = admin.with_tls(tls);
+    }
+    if let Some(credentials) = args.connect.credentials()? {
+        admin = admin.with_credentials(credentials)?;
+    }
     let out = args.output;
     match args.command {
         AdminCommand::Members => {

@@ -13,6 +13,7 @@ use raftkv_client::model::ListItem;
 use raftkv_client::{Client, Condition, Consistency, Error, ListOptions};
 use serde_json::json;
 
+use super::connect::ConnectArgs;
 use super::{endpoints, table, Output, UsageError};
 
 #[derive(Debug, Clone, Args)]
@@ -27,6 +28,8 @@ pub struct KvArgs {
     /// Request timeout in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     #[command(subcommand)]
     pub command: KvCommand,
 }
@@ -86,22 +89,35 @@ pub enum KvCommand {
         limit: usize,
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// Keys and revisions only, without values (as `etcdctl get --keys-only`).
+        #[arg(long)]
+        keys_only: bool,
     },
 }
 
 /// The largest page the API serves.
 const PAGE: usize = 1000;
 
-/// One client per endpoint, sharing a connection pool; a request goes to the first that can
-/// be reached. An endpoint that answers ends the search, whatever it answers.
+/// One client per endpoint; a request goes to the first that can be reached. An endpoint
+/// that answers ends the search, whatever it answers.
 struct Endpoints(Vec<Client>);
 
 impl Endpoints {
-    fn new(list: &[String], timeout: Duration) -> anyhow::Result<Endpoints> {
-        let http = reqwest::Client::new();
+    fn new(list: &[String], timeout: Duration, connect: &ConnectArgs) -> anyhow::Result<Endpoints> {
+        let tls = connect.tls()?;
+        let credentials = connect.credentials()?;
         let clients = endpoints(list)
             .iter()
-            .map(|ep| Client::builder(ep).timeout(timeout).http_client(http.clone()).build())
+            .map(|ep| {
+                let mut builder = Client::builder(ep).timeout(timeout);
+                if let Some(tls) = &tls {
+                    builder = builder.tls(tls.clone());
+                }
+                if let Some(credentials) = &credentials {
+                    builder = builder.credentials(credentials.clone());
+                }
+                builder.build()
+            })
             .collect::<Result<_, _>>()?;
         Ok(Endpoints(clients))
     }
@@ -145,7 +161,7 @@ fn shown(b: &Bytes) -> String {
 }
 
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
-    let eps = Endpoints::new(&args.endpoint, Duration::from_secs(args.timeout))?;
+    let eps = Endpoints::new(&args.endpoint, Duration::from_secs(args.timeout), &args.connect)?;
     let out = args.output;
     match args.command {
         KvCommand::Get { key, consistency } => {
@@ -226,6 +242,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
             prefix,
             limit,
             consistency,
+            keys_only,
         } => {
             let mut items: Vec<ListItem> = Vec::new();
             let mut options = ListOptions {
@@ -233,6 +250,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
                 start: None,
                 limit: None,
                 consistency: consistency.into(),
+                keys_only,
             };
             loop {
                 options.limit = Some(if limit == 0 {
@@ -253,7 +271,26 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
                 }
             }
             match out {
+                Output::Json if keys_only => {
+                    let mut listed = Vec::with_capacity(items.len());
+                    for item in &items {
+                        let mut item = serde_json::to_value(item)?;
+                        if let Some(fields) = item.as_object_mut() {
+                            fields.remove("value");
+                            fields.remove("value_base64");
+                        }
+                        listed.push(item);
+                    }
+                    println!("{}", json!({ "items": listed }));
+                }
                 Output::Json => println!("{}", json!({ "items": items })),
+                Output::Table if keys_only => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|i| vec![shown(&i.key), i.revision.to_string()])
+                        .collect();
+                    println!("{}", table::render(&["KEY", "REVISION"], &rows));
+                }
                 Output::Table => {
                     let rows: Vec<Vec<String>> = items
                         .iter()

@@ -4,6 +4,8 @@
 //! reason.
 
 pub mod admin;
+pub mod auth;
+pub mod connect;
 pub mod kv;
 pub mod restore;
 mod table;

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_client::AdminClient;
@@ -28,6 +31,22 @@ use crate::replica::{Leader, Raft};
 use crate::storage::StateMachine;
 use crate::transport::{ClusterFence, Network};
 use crate::types::NodeId;
+/// Adds this node's root token (if any) to every call of a [`PeerAdmin`].
+#[derive(Clone)]
+pub(crate) struct AsRoot(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AsRoot {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of a peer's admin service.
+pub(crate) type PeerAdmin = AdminClient<InterceptedService<Channel, AsRoot>>;
+
 /// Where a membership call must run: here, or at the leader.
 enum Route {
     Local,
@@ -90,13 +109,22 @@ impl Admin {
         }
     }
 
-    fn leader_client(&self, leader: NodeId, addr: &str) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
-        let ch = self.network.channel(addr).map_err(|e| AdminError::Forward {
+    fn leader_client(&self, leader: NodeId, addr: &str) -> Result<PeerAdmin, AdminError> {
+        self.peer_admin(addr).map_err(|e| AdminError::Forward {
             leader,
             addr: addr.to_string(),
             message: e.to_string(),
-        })?;
-        Ok(AdminClient::new(ch))
+        })
+    }
+
+    /// The admin service of the peer at `addr`, called as root when authentication is on
+    /// (etcd's internal root calls): what this node asks a peer for has been checked here
+    /// already, or is the node's own business (its membership).
+    pub(crate) fn peer_admin(&self, addr: &str) -> Result<PeerAdmin, tonic::transport::Error> {
+        let channel = self.network.channel(addr)?;
+        let token = crate::auth::Authenticator::default().internal_root_token(&self.sm.auth());
+        let authorization = token.and_then(|t| format!("Bearer {t}").parse().ok());
+        Ok(AdminClient::with_interceptor(channel, AsRoot(authorization)))
     }
 
     fn members_now(&self) -> Vec<pb::Member> {

@@ -1,16 +1,27 @@
 //! The admin gRPC service (`raftkv.admin.v1`): a thin shell over [`Admin`].
+//!
+//! With authentication on, every call needs the root role, as etcd's maintenance and cluster
+//! calls do (`--force` and backups included): credentials in the `authorization` metadata
+//! (Basic, Bearer, or a bare token) or in etcd's `token` key, else a verified client
+//! certificate's common name. A call that only the leader serves is sent on to it from here,
+//! with a short-lived root token of this node's making (etcd's `WithRoot`): the caller has
+//! been checked here, and its own credentials may not travel (a certificate does not).
 
 use std::io::Write;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::{Admin, AdminError};
+use super::{Admin, AdminError, PeerAdmin, Route};
+use crate::auth::{Access, AuthError, Authenticator, Credentials};
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_server::Admin as AdminRpc;
+use crate::tls::ClientCertName;
 
 /// Backups are streamed in chunks of this size.
 const BACKUP_CHUNK: usize = 1 << 20;
@@ -19,11 +30,70 @@ pub(crate) struct AdminService {
     admin: Admin,
     /// The cluster id a bootstrap by this node adopts (e.g. the RaftCluster's UID).
     cluster_id: Option<String>,
+    /// Checks callers against the replicated users (with its own remembered password checks).
+    auth: Authenticator,
 }
 
 impl AdminService {
     pub(crate) fn new(admin: Admin, cluster_id: Option<String>) -> Self {
-        AdminService { admin, cluster_id }
+        AdminService {
+            admin,
+            cluster_id,
+            auth: Authenticator::default(),
+        }
+    }
+
+    /// Refuses the call unless authentication is off or the caller has the root role.
+    async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.admin.state_machine().auth_enabled() {
+            return Ok(());
+        }
+        let state = self.admin.state_machine().auth();
+        let cert = req.extensions().get::<ClientCertName>().cloned().or_else(|| {
+            let certs = req.peer_certs()?;
+            certs.first().and_then(crate::tls::common_name).map(ClientCertName)
+        });
+        let credentials = credentials(req.metadata(), cert.as_ref())
+            .map_err(refusal)?
+            .ok_or(refusal(AuthError::UserEmpty))?;
+        let name = self.auth.identify(&state, &credentials).await.map_err(refusal)?;
+        state.check(&name, Access::Admin).map_err(refusal)
+    }
+
+    /// With authentication on and another node leading: a client of the leader's admin
+    /// service, for a call only the leader serves (see the module doc). `None`: this node
+    /// serves it (it leads, or authentication is off and [`Admin`] forwards by itself).
+    async fn leader_elsewhere(&self) -> Result<Option<PeerAdmin>, Status> {
+        if !self.admin.state_machine().auth_enabled() {
+            return Ok(None);
+        }
+        match self.admin.route_patiently(Duration::from_secs(5)).await? {
+            Route::Local => Ok(None),
+            Route::Leader(l, addr) => Ok(Some(self.admin.leader_client(l, &addr)?)),
+        }
+    }
+}
+
+/// The credentials of a call: `authorization` metadata (Basic, Bearer, or a bare token),
+/// etcd's `token` key, or the verified client certificate's common name.
+fn credentials(md: &MetadataMap, cert: Option<&ClientCertName>) -> Result<Option<Credentials>, AuthError> {
+    if let Some(value) = md.get("authorization") {
+        let value = value.to_str().map_err(|_| AuthError::AuthFailed)?;
+        return Credentials::from_authorization(value).map(Some);
+    }
+    if let Some(token) = md.get("token") {
+        let token = token.to_str().map_err(|_| AuthError::InvalidAuthToken)?;
+        return Ok(Some(Credentials::Token(token.to_string())));
+    }
+    Ok(cert.map(|cn| Credentials::Certificate(cn.0.clone())))
+}
+
+/// A refusal as etcd's gRPC answers it: `Unauthenticated` for who, `PermissionDenied` for what.
+fn refusal(e: AuthError) -> Status {
+    if e.unauthenticated() {
+        Status::unauthenticated(e.to_string())
+    } else {
+        Status::permission_denied(e.to_string())
     }
 }
 
@@ -75,6 +145,7 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize(&req).await?;
         let r = self
             .admin
             .initialize(req.into_inner().members, self.cluster_id.clone())
@@ -86,12 +157,21 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            return leader.add_learner(req.into_inner()).await;
+        }
         Ok(Response::new(self.admin.add_learner(req.into_inner()).await?))
     }
 
     type AddVoterStream = ProgressStream;
 
     async fn add_voter(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<Self::AddVoterStream>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            let upstream = leader.add_voter(req.into_inner()).await?.into_inner();
+            return Ok(Response::new(Box::pin(upstream)));
+        }
         let (tx, rx) = mpsc::channel(64);
         let (progress_tx, mut progress_rx) = mpsc::channel(64);
         let admin = self.admin.clone();
@@ -126,6 +206,10 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            return leader.remove_member(req.into_inner()).await;
+        }
         Ok(Response::new(self.admin.remove_member(req.into_inner()).await?))
     }
 
@@ -133,6 +217,10 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            return leader.change_membership(req.into_inner()).await;
+        }
         Ok(Response::new(self.admin.change_membership(req.into_inner()).await?))
     }
 
@@ -140,16 +228,25 @@ impl AdminRpc for AdminService {
         &self,
         req: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            return leader.transfer_leadership(req.into_inner()).await;
+        }
         Ok(Response::new(
             self.admin.transfer_leadership_to(req.into_inner().to).await?,
         ))
     }
 
-    async fn members(&self, _req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        self.authorize(&req).await?;
+        if let Some(mut leader) = self.leader_elsewhere().await? {
+            return leader.members(req.into_inner()).await;
+        }
         Ok(Response::new(self.admin.members().await?))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&req).await?;
         let s = self.admin.status();
         let keys = self.admin.state_machine().len().unwrap_or(0);
         Ok(Response::new(pb::StatusResponse {
@@ -171,13 +268,15 @@ impl AdminRpc for AdminService {
         }))
     }
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.authorize(&req).await?;
         Ok(Response::new(self.admin.snapshot().await?))
     }
 
     type BackupStream = BackupStream;
 
     async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.authorize(&req).await?;
         if let Some(mut leader) = self.admin.backup_route().await? {
             let upstream = leader.backup(req.into_inner()).await?.into_inner();
             return Ok(Response::new(Box::pin(upstream.map(|c| c))));

@@ -3,7 +3,6 @@ use std::time::{Duration, Instant};
 
 use super::{status, Admin, AdminError, Route};
 use crate::pb::admin as pb;
-use crate::pb::admin::admin_client::AdminClient;
 
 impl Admin {
     /// Takes a snapshot on this node now and waits (bounded) until it exists.
@@ -34,7 +33,7 @@ impl Admin {
 
     /// Where a backup must be taken: `None` here (after a ReadIndex round), or the leader's
     /// admin client to forward to.
-    pub(crate) async fn backup_route(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, AdminError> {
+    pub(crate) async fn backup_route(&self) -> Result<Option<super::PeerAdmin>, AdminError> {
         match self.route_patiently(Duration::from_secs(5)).await? {
             Route::Leader(l, addr) => Ok(Some(self.leader_client(l, &addr)?)),
             Route::Local => {

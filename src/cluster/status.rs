@@ -5,9 +5,10 @@
 use std::time::Instant;
 
 use openraft::{Instant as _, ServerState};
-use raftkv_client::model::{LogPosition, Member, Role, Status};
+use raftkv_client::model::{self, LogPosition, Member, Role, Status};
 
-use crate::replica::Raft;
+use crate::replica::{Raft, Replica};
+use crate::storage::AlarmCause;
 use crate::types::{LogId, NodeId};
 
 /// A log id as the status reports it.
@@ -90,7 +91,28 @@ pub(crate) fn read(raft: &Raft, cluster_id: Option<String>, started: Instant) ->
         membership_log_index: m.membership_config.log_id().as_ref().map(|l| l.index),
         joint: membership.get_joint_config().len() > 1,
         uptime_seconds: started.elapsed().as_secs(),
+        // Filled in by `alarms` where the replica is at hand.
+        alarms: Vec::new(),
     }
+}
+
+/// The alarms `replica`'s node has raised, as the status lists them (etcd's `alarm list`).
+pub(crate) fn alarms(replica: &Replica) -> Vec<model::Alarm> {
+    replica
+        .space()
+        .alarms()
+        .into_iter()
+        .map(|a| model::Alarm {
+            member_id: replica.id(),
+            alarm: model::AlarmType::NoSpace,
+            cause: match a.cause {
+                AlarmCause::Quota => model::AlarmCause::Quota,
+                AlarmCause::DiskFull => model::AlarmCause::DiskFull,
+                AlarmCause::WriteFailed => model::AlarmCause::WriteFailed,
+            },
+            reason: a.reason,
+        })
+        .collect()
 }
 
 /// Why a node is not ready to serve (the readiness probe's answer), or `None` if it is.

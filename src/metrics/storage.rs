@@ -1,6 +1,8 @@
 //! The storage series: group commits and checkpoints of the log, applies and flushes of the
-//! state machine, snapshots, and the size of each database file. The storage layer reports
-//! through its observer traits, which [`Metrics`] implements here.
+//! state machine, snapshots, the size of each database file, and the NOSPACE alarm with what
+//! it measures (the quota, as etcd's `etcd_server_quota_backend_bytes`; the free space and the
+//! reserve). The storage layer reports through its observer traits, which [`Metrics`]
+//! implements here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use prometheus::{exponential_buckets, Histogram, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::{counter, gauge, histogram, latency_buckets, register, Metrics};
-use crate::storage::{CommitObserver, StateObserver};
+use crate::storage::{AlarmCause, CommitObserver, SpaceObserver, SpaceReport, StateObserver};
 
 pub(super) struct StorageSeries {
     /// The database files whose sizes `db_size` reports, by its `db` label.
@@ -25,6 +27,10 @@ pub(super) struct StorageSeries {
     snapshot_size: IntGauge,
     snapshots_built: IntCounter,
     snapshots_installed: IntCounter,
+    quota_backend_bytes: IntGauge,
+    disk_free_bytes: IntGauge,
+    disk_reserve_bytes: IntGauge,
+    alarm: IntGaugeVec,
 }
 
 impl StorageSeries {
@@ -100,6 +106,31 @@ impl StorageSeries {
                 "raftkv_snapshots_installed_total",
                 "Snapshots installed from the leader.",
             )?,
+            quota_backend_bytes: gauge(
+                r,
+                "raftkv_server_quota_backend_bytes",
+                "The quota of the backend (the state database, raftkv_storage_db_size_bytes{db=\"state\"}): over it, the NOSPACE alarm (etcd: etcd_server_quota_backend_bytes).",
+            )?,
+            disk_free_bytes: gauge(
+                r,
+                "raftkv_storage_disk_free_bytes",
+                "Free bytes on the data directory's filesystem, as an unprivileged process may use them.",
+            )?,
+            disk_reserve_bytes: gauge(
+                r,
+                "raftkv_storage_disk_reserve_bytes",
+                "The free space kept on the data directory's filesystem: below it, the NOSPACE alarm.",
+            )?,
+            alarm: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "raftkv_server_alarm",
+                        "1 while this node has the alarm raised for the cause (NOSPACE: quota, disk_full, write_failed; puts are refused), else 0.",
+                    ),
+                    &["alarm", "cause"],
+                )?,
+            )?,
         })
     }
 
@@ -111,6 +142,31 @@ impl StorageSeries {
             }
         }
     }
+}
+
+impl SpaceObserver for Metrics {
+    fn measured(&self, report: &SpaceReport) {
+        let s = &self.storage;
+        s.quota_backend_bytes.set(gauge_value(report.quota_bytes));
+        s.disk_reserve_bytes.set(gauge_value(report.reserve_bytes));
+        if let Some(free) = report.free_bytes {
+            s.disk_free_bytes.set(gauge_value(free));
+        }
+        for (cause, raised) in [
+            (AlarmCause::Quota, report.quota_exceeded),
+            (AlarmCause::DiskFull, report.disk_full),
+            (AlarmCause::WriteFailed, report.write_failed),
+        ] {
+            s.alarm
+                .with_label_values(&["NOSPACE", cause.as_str()])
+                .set(i64::from(raised));
+        }
+    }
+}
+
+/// A byte count as a gauge holds it.
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 impl CommitObserver for Metrics {

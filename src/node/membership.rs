@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use raftkv_client::model::JoinRequest;
-use raftkv_client::Client;
+use raftkv_client::Admin;
 
-use crate::pb::admin::Member;
+use crate::pb::admin::{AddMemberRequest, Member};
 use crate::replica::Raft;
-use crate::transport::Network;
 use crate::types::NodeId;
 
 /// Written to the data directory when the node learns it was removed, so that a restart
@@ -37,8 +35,7 @@ pub(super) fn removed_marker(data_dir: &std::path::Path) -> Option<String> {
 /// replicating to it), so its own membership cannot be trusted to tell. Every few seconds it
 /// asks the members it knows for the leader's membership; once that is at least as new as its
 /// own and does not list it, it has been removed.
-pub(super) async fn watch_removal(raft: Raft, id: NodeId, network: Network) -> String {
-    use crate::pb::admin::admin_client::AdminClient;
+pub(super) async fn watch_removal(raft: Raft, id: NodeId, admin: crate::cluster::Admin) -> String {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let m = crate::replica::raft_metrics(&raft);
@@ -55,8 +52,10 @@ pub(super) async fn watch_removal(raft: Raft, id: NodeId, network: Network) -> S
         // Ask the leader first: its answer is authoritative.
         peers.sort_by_key(|(n, _)| Some(*n) != m.current_leader);
         for (_, addr) in peers {
-            let Ok(ch) = network.channel(&addr) else { continue };
-            let mut client = AdminClient::new(ch);
+            // As root when authentication is on: a node may always ask about its own membership.
+            let Ok(mut client) = admin.peer_admin(&addr) else {
+                continue;
+            };
             let call = client.members(crate::pb::admin::MembersRequest {});
             let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), call).await else {
                 continue;
@@ -76,23 +75,42 @@ pub(super) async fn watch_removal(raft: Raft, id: NodeId, network: Network) -> S
     }
 }
 
-/// `--join`: ask the cluster (through any of `seeds`) to add this node, retrying until it
-/// succeeds, since the cluster may not be up yet. A node that already is a member (a restart)
-/// still asks: the call is idempotent and finishes a promotion an earlier run began.
-pub(super) async fn join(raft: Raft, me: Member, seeds: Vec<String>) {
+/// `--join`: ask the cluster (through the admin service of any of `seeds`, their peer
+/// addresses) to add this node, retrying until it succeeds, since the cluster may not be up
+/// yet. A node that already is a member (a restart) still asks: the call is idempotent and
+/// finishes a promotion an earlier run began. Over mutual TLS when peers use it: joining is a
+/// membership change, which only holders of a peer certificate (and, with authentication on,
+/// root) may ask for.
+pub(super) async fn join(
+    raft: Raft,
+    me: Member,
+    seeds: Vec<String>,
+    tls: Option<raftkv_client::Tls>,
+    credentials: Option<raftkv_client::Credentials>,
+) {
     let mut delay = Duration::from_millis(200);
-    let request = JoinRequest {
+    let request = AddMemberRequest {
         id: me.id,
         raft_addr: me.raft_addr.clone(),
         http_addr: me.http_addr.clone(),
-        learner_only: !me.voter,
+        // A membership change waits for this node to catch up as a learner: give it time.
+        catch_up_timeout_ms: 120_000,
     };
-    // A membership change waits for this node to catch up as a learner: give it time.
-    let seeds: Vec<(String, Result<Client, raftkv_client::Error>)> = seeds
+    let seeds: Vec<(String, Result<Admin, raftkv_client::Error>)> = seeds
         .into_iter()
         .map(|seed| {
-            let client = Client::builder(&seed).timeout(Duration::from_secs(120)).build();
-            (seed, client)
+            let admin = Admin::new(&seed).and_then(|a| {
+                let a = a.timeout(Duration::from_secs(10));
+                let a = match &tls {
+                    Some(tls) => a.with_tls(tls.clone()),
+                    None => a,
+                };
+                match &credentials {
+                    Some(c) => a.with_credentials(c.clone()),
+                    None => Ok(a),
+                }
+            });
+            (seed, admin)
         })
         .collect();
     loop {
@@ -108,21 +126,26 @@ pub(super) async fn join(raft: Raft, me: Member, seeds: Vec<String>) {
             tracing::info!("already a member: nothing to join");
             return;
         }
-        for (seed, client) in &seeds {
-            let client = match client {
-                Ok(c) => c,
+        for (seed, admin) in &seeds {
+            let admin = match admin {
+                Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(seed = %seed, error = %e, "not a usable seed address");
                     continue;
                 }
             };
-            match client.join(&request).await {
-                Ok(_) => {
+            let asked = if me.voter {
+                admin.add_voter_until_done(request.clone(), |_| {}).await.map(|_| ())
+            } else {
+                admin.add_learner(request.clone()).await.map(|_| ())
+            };
+            match asked {
+                Ok(()) => {
                     tracing::info!(seed = %seed, "joined the cluster");
                     return;
                 }
-                Err(e) if e.status().is_some() => {
-                    tracing::warn!(seed = %seed, status = e.status().unwrap_or(0), error = %e.message(), "join refused; retrying")
+                Err(e) if e.rpc_code().is_some() => {
+                    tracing::warn!(seed = %seed, error = %e.message(), "join refused; retrying")
                 }
                 Err(e) => tracing::warn!(seed = %seed, error = %e, "cannot reach seed; retrying"),
             }

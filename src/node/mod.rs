@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+mod limits;
 mod listeners;
 mod membership;
 mod servers;
@@ -66,10 +67,17 @@ impl Node {
         tracing::info!(data_dir = %args.data_dir.display(), raft = %raft_adv, http = %http_adv, "starting");
 
         let metrics = Metrics::new(id, &args.data_dir).context("registering metrics")?;
-        let (log_store, sm) = storage::open_observed(&args.data_dir, metrics.clone())
+        let space = storage::Space::watch(&args.data_dir, args.quota.settings(), metrics.clone())
+            .with_context(|| format!("measuring the free space of {}", args.data_dir.display()))?;
+        let (log_store, sm) = storage::open_observed(&args.data_dir, metrics.clone(), &space)
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
         let fence = ClusterFence::new(ClusterIdFile::new(&args.data_dir)).context("reading the cluster id")?;
-        let network = Network::new(fence.clone()).with_metrics(metrics.clone());
+        let client_tls = settings::client_tls(&args.tls)?;
+        let peer_tls = settings::peer_tls(&args.tls)?;
+        let mut network = Network::new(fence.clone()).with_metrics(metrics.clone());
+        if let Some(peer) = &peer_tls {
+            network = network.with_tls(peer.client.clone());
+        }
         let config = Arc::new(settings::raft_config(args)?);
         let saved_vote = log_store.saved_vote();
         let raft = Raft::new(id, config, network.clone(), log_store, sm.clone())
@@ -92,10 +100,19 @@ impl Node {
             saved_vote,
             metrics.clone(),
             Duration::from_millis(args.request_timeout_ms),
+            space,
         );
+        let unrecoverable = exit_when_unrecoverable(replica.clone(), shutdown_rx.clone());
+        servers.push(tokio::spawn(unrecoverable.instrument(span.clone())));
         let raft_svc = RaftService::new(replica.clone(), fence.clone(), network.follower_reads());
         let admin_svc = AdminService::new(admin.clone(), args.cluster_id.clone());
-        let grpc = servers::serve_grpc(raft_listener, raft_svc, admin_svc, shutdown_rx.clone());
+        let grpc = servers::serve_grpc(
+            raft_listener,
+            raft_svc,
+            admin_svc,
+            peer_tls.map(|p| p.server),
+            shutdown_rx.clone(),
+        );
         servers.push(tokio::spawn(grpc.instrument(span.clone())));
 
         let state = ApiState {
@@ -105,11 +122,19 @@ impl Node {
             limits: Limits {
                 max_value_bytes: args.max_value_bytes,
                 request_timeout: Duration::from_millis(args.request_timeout_ms),
+                max_list_bytes: usize::try_from(args.limits.max_list_bytes).unwrap_or(usize::MAX),
             },
             stopping: stopping.clone(),
             metrics,
+            auth: crate::auth::Authenticator::new(Duration::from_secs(args.auth.auth_token_ttl), args.auth.bcrypt_cost),
         };
-        let http = servers::serve_http(http_listener, api::router(state), shutdown_rx);
+        let http = api::serve(
+            http_listener,
+            api::router(state),
+            limits::http_limits(&args.limits),
+            client_tls,
+            shutdown_rx,
+        );
         servers.push(tokio::spawn(http.instrument(span.clone())));
 
         let node = Node {
@@ -133,7 +158,13 @@ impl Node {
                 http_addr: http_adv.clone(),
                 voter: !args.join_as_learner,
             };
-            tokio::spawn(membership::join(node.raft.clone(), me, args.join.clone()).instrument(span.clone()));
+            let tls = node.network.tls().cloned();
+            let credentials = args
+                .join_user
+                .as_deref()
+                .map(|u| raftkv_client::Credentials::from_user_flag(u, None));
+            let join = membership::join(node.raft.clone(), me, args.join.clone(), tls, credentials);
+            tokio::spawn(join.instrument(span.clone()));
         } else if !node.raft.is_initialized().await? {
             tracing::info!("no cluster state yet: waiting to be added to a cluster (admin AddLearner/AddVoter)");
         }
@@ -170,7 +201,7 @@ impl Node {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let removed = membership::watch_removal(self.raft.clone(), self.id, self.network.clone()).instrument(span);
+        let removed = membership::watch_removal(self.raft.clone(), self.id, self.admin.clone()).instrument(span);
         let servers = futures::future::select_all(self.servers.iter_mut());
         tokio::select! {
             why = removed => {
@@ -219,5 +250,14 @@ impl Node {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Ends with an error, which the node exits on, once it cannot go on (see
+/// [`Replica::unrecoverable`]); ends quietly when it shuts down.
+async fn exit_when_unrecoverable(replica: Replica, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    tokio::select! {
+        why = replica.unrecoverable() => Err(anyhow::anyhow!(why)),
+        _ = shutdown.changed() => Ok(()),
     }
 }

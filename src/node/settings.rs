@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context};
 use openraft::{Config, SnapshotPolicy};
 
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, TlsArgs};
+use crate::tls::{ClientAuth, PeerTls, ServerTls, TlsFiles};
 
 /// The address peers use for a listener: the advertised one if given, else the listen address
 /// (with the hostname in place of an all-interfaces IP, which no peer can dial).
@@ -50,4 +51,44 @@ pub(super) fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
         ..Default::default()
     };
     config.validate().context("invalid Raft timing configuration")
+}
+
+/// The client listener's TLS (`--cert-file` and the rest), if asked for.
+pub(super) fn client_tls(args: &TlsArgs) -> anyhow::Result<Option<ServerTls>> {
+    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: args.trusted_ca_file.clone(),
+        client_auth: if args.client_cert_auth {
+            ClientAuth::Required
+        } else {
+            ClientAuth::None
+        },
+        flags: "",
+    };
+    ServerTls::start(files, &[b"h2", b"http/1.1"]).map(Some)
+}
+
+/// The peer listener's mutual TLS (`--peer-cert-file` and the rest), if asked for. Without
+/// `--peer-client-cert-auth` a peer's certificate is still verified when presented, and the
+/// admin service requires one.
+pub(super) fn peer_tls(args: &TlsArgs) -> anyhow::Result<Option<PeerTls>> {
+    let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: args.peer_trusted_ca_file.clone(),
+        client_auth: if args.peer_client_cert_auth {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        },
+        flags: "peer-",
+    };
+    PeerTls::start(files).map(Some)
 }

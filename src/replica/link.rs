@@ -22,6 +22,8 @@ pub(crate) struct ReadIndexAnswer {
 pub(crate) enum ProposeFailure {
     /// The node asked does not lead (or is not the node meant): nothing was proposed.
     NotLeader(String),
+    /// The leader refused the writes under its NOSPACE alarm: nothing was proposed.
+    NoSpace(String),
     /// No connection was made: nothing was sent.
     NotSent(String),
     /// No answer in time: the writes may or may not be applied.

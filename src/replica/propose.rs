@@ -15,6 +15,10 @@
 //! proposed: no leader known, the node asked does not lead, or no connection was made. Anything
 //! else that goes wrong after a proposal left this node makes its outcome unknown, and the
 //! client is told so; a write is never proposed twice.
+//!
+//! While the NOSPACE alarm is up ([`Space`]) puts are refused before they are proposed: here by
+//! the replica for its own clients, and by the leader for a follower's batch (which the
+//! follower then answers as refused, see [`Route::forward`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::link::{LeaderLink, ProposeFailure};
 use super::{Leader, Raft};
 use crate::metrics::Metrics;
+use crate::storage::Space;
 use crate::types::{Command, CommandResult, NodeId, Proposal};
 
 /// Proposals in flight at once on the leader: one, so that everything that arrives while it
@@ -69,8 +74,20 @@ pub(crate) enum ProposeError {
     Stopped(String),
 }
 
+/// Why a client's write has no result: refused under the NOSPACE alarm, or one of the reasons
+/// of [`ProposeError`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// Certainly not applied: refused before it was proposed, because the NOSPACE alarm is up
+    /// on this node or on the leader (the message says which, in etcd's words).
+    #[error("{0}")]
+    NoSpace(String),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
 /// Results of writes, and the leader that proposed them.
-type Outcome = Result<(Vec<CommandResult>, NodeId), ProposeError>;
+type Outcome = Result<(Vec<CommandResult>, NodeId), WriteError>;
 
 /// Writes waiting to be proposed: one client's write, or a follower's batch.
 struct Pending {
@@ -94,13 +111,20 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
-    pub(crate) fn start(me: NodeId, raft: Raft, peers: Arc<dyn LeaderLink>, metrics: Arc<Metrics>) -> Proposer {
+    pub(crate) fn start(
+        me: NodeId,
+        raft: Raft,
+        peers: Arc<dyn LeaderLink>,
+        metrics: Arc<Metrics>,
+        space: Space,
+    ) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
         let route = Route {
             me,
             raft,
             peers,
             metrics,
+            space,
             queue: tx.downgrade(),
         };
         tokio::spawn(Arc::new(route).run(rx));
@@ -113,13 +137,11 @@ impl Proposer {
         &self,
         command: Command,
         deadline: Instant,
-    ) -> Result<(CommandResult, NodeId), ProposeError> {
+    ) -> Result<(CommandResult, NodeId), WriteError> {
         let (mut results, leader) = self.submit(vec![command], deadline, false).await?;
         match results.pop() {
             Some(r) if results.is_empty() => Ok((r, leader)),
-            _ => Err(ProposeError::Unknown(
-                "the leader answered a write with no result".into(),
-            )),
+            _ => Err(ProposeError::Unknown("the leader answered a write with no result".into()).into()),
         }
     }
 
@@ -128,13 +150,13 @@ impl Proposer {
         &self,
         commands: Vec<Command>,
         deadline: Instant,
-    ) -> Result<Vec<CommandResult>, ProposeError> {
+    ) -> Result<Vec<CommandResult>, WriteError> {
         Ok(self.submit(commands, deadline, true).await?.0)
     }
 
     async fn submit(&self, commands: Vec<Command>, deadline: Instant, from_follower: bool) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        let stopped = || ProposeError::Stopped("the node is stopping".into());
+        let stopped = || WriteError::from(ProposeError::Stopped("the node is stopping".into()));
         self.tx
             .send(Pending {
                 commands,
@@ -153,6 +175,9 @@ struct Route {
     raft: Raft,
     peers: Arc<dyn LeaderLink>,
     metrics: Arc<Metrics>,
+    /// Tells a Raft that stopped because the disk refused a write from one that stopped for
+    /// another reason.
+    space: Space,
     /// The proposer's own queue, for batches to try again (weak: the queue ends with the
     /// handles).
     queue: mpsc::WeakUnboundedSender<Pending>,
@@ -163,7 +188,7 @@ enum Attempt {
     Done(Vec<CommandResult>, NodeId),
     /// Certainly not proposed; try again once a leader is known.
     Retry(String),
-    Failed(ProposeError),
+    Failed(WriteError),
 }
 
 impl Route {
@@ -240,11 +265,12 @@ impl Route {
         let retry_at = Instant::now() + REROUTE_DELAY;
         let (late, again): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.deadline <= retry_at);
         for p in late {
-            let _ = p.reply.send(Err(ProposeError::NoLeader(why.clone())));
+            let _ = p.reply.send(Err(ProposeError::NoLeader(why.clone()).into()));
         }
+        let stopping = || WriteError::from(ProposeError::Stopped("the node is stopping".into()));
         let Some(queue) = self.queue.upgrade() else {
             for p in again {
-                let _ = p.reply.send(Err(ProposeError::Stopped("the node is stopping".into())));
+                let _ = p.reply.send(Err(stopping()));
             }
             return;
         };
@@ -252,7 +278,7 @@ impl Route {
             tokio::time::sleep_until(retry_at.into()).await;
             for p in again {
                 if let Err(mpsc::error::SendError(p)) = queue.send(p) {
-                    let _ = p.reply.send(Err(ProposeError::Stopped("the node is stopping".into())));
+                    let _ = p.reply.send(Err(stopping()));
                 }
             }
         });
@@ -262,17 +288,22 @@ impl Route {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.metrics.replica.proposal_commands.observe(proposal.0.len() as f64);
         match tokio::time::timeout(timeout, self.raft.client_write(proposal)).await {
-            Err(_) => Attempt::Failed(ProposeError::Timeout(format!(
-                "the write was not committed within {timeout:?}"
-            ))),
+            Err(_) => {
+                Attempt::Failed(ProposeError::Timeout(format!("the write was not committed within {timeout:?}")).into())
+            }
             Ok(Ok(resp)) => Attempt::Done(resp.data, self.me),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Attempt::Retry("leadership moved before the write was proposed".into())
             }
-            Ok(Err(RaftError::Fatal(e))) => Attempt::Failed(ProposeError::Stopped(format!("raft stopped: {e}"))),
-            Ok(Err(e)) => Attempt::Failed(ProposeError::Unknown(format!(
-                "leadership changed during the write: {e}"
-            ))),
+            // The write may have reached the log before Raft stopped, but no longer has a way to
+            // be committed by this node; the client is told what happened, not openraft's text.
+            Ok(Err(RaftError::Fatal(e))) => Attempt::Failed(match self.space.refusal(self.me) {
+                Some(refusal) => WriteError::NoSpace(refusal),
+                None => ProposeError::Stopped(stopped(self.me, &e)).into(),
+            }),
+            Ok(Err(e)) => {
+                Attempt::Failed(ProposeError::Unknown(format!("leadership changed during the write: {e}")).into())
+            }
         }
     }
 
@@ -285,6 +316,11 @@ impl Route {
                 count("ok");
                 Attempt::Done(results, leader)
             }
+            // The leader refused the batch under its NOSPACE alarm: nothing was proposed.
+            Err(ProposeFailure::NoSpace(why)) => {
+                count("no_space");
+                Attempt::Failed(WriteError::NoSpace(why))
+            }
             Err(ProposeFailure::NotLeader(why)) => {
                 count("not_leader");
                 Attempt::Retry(format!("node {leader} at {addr}: {why}"))
@@ -295,13 +331,13 @@ impl Route {
             }
             Err(ProposeFailure::Timeout) => {
                 count("error");
-                Attempt::Failed(ProposeError::Timeout(format!(
-                    "leader {leader} did not answer within {timeout:?}"
-                )))
+                Attempt::Failed(
+                    ProposeError::Timeout(format!("leader {leader} did not answer within {timeout:?}")).into(),
+                )
             }
             Err(ProposeFailure::Unknown(why)) => {
                 count("error");
-                Attempt::Failed(ProposeError::Unknown(format!("leader {leader} at {addr}: {why}")))
+                Attempt::Failed(ProposeError::Unknown(format!("leader {leader} at {addr}: {why}")).into())
             }
         }
     }
@@ -313,7 +349,7 @@ fn admit(p: Pending, is_leader: bool) -> Option<Pending> {
     if p.from_follower && !is_leader {
         let _ = p
             .reply
-            .send(Err(ProposeError::NotLeader("this node is not the leader".into())));
+            .send(Err(ProposeError::NotLeader("this node is not the leader".into()).into()));
         return None;
     }
     Some(p)
@@ -323,10 +359,10 @@ fn admit(p: Pending, is_leader: bool) -> Option<Pending> {
 fn answer(batch: Vec<Pending>, results: Vec<CommandResult>, leader: NodeId) {
     let expected: usize = batch.iter().map(|p| p.commands.len()).sum();
     if results.len() != expected {
-        let e = ProposeError::Unknown(format!(
+        let e = WriteError::from(ProposeError::Unknown(format!(
             "the leader answered {} results for {expected} writes",
             results.len()
-        ));
+        )));
         for p in batch {
             let _ = p.reply.send(Err(e.clone()));
         }
@@ -337,4 +373,20 @@ fn answer(batch: Vec<Pending>, results: Vec<CommandResult>, leader: NodeId) {
         let mine: Vec<CommandResult> = results.by_ref().take(p.commands.len()).collect();
         let _ = p.reply.send(Ok((mine, leader)));
     }
+}
+
+/// What a write is told when this node's Raft has stopped for good (`fatal`): a clear
+/// sentence, not openraft's text.
+pub(super) fn stopped(me: NodeId, fatal: &impl std::fmt::Display) -> String {
+    format!(
+        "node {me} can no longer take writes: its Raft stopped ({fatal}); it exits to be restarted \
+         by its supervisor, use another member meanwhile"
+    )
+}
+
+/// Whether `commands` hold a write that the NOSPACE alarm refuses: a put (a compare-and-set
+/// included). Deletes go on, as under etcd's alarm, so that room can be made; so do auth
+/// changes, as in etcd.
+pub(super) fn adds_data(commands: &[Command]) -> bool {
+    commands.iter().any(|c| matches!(c, Command::Put { .. }))
 }

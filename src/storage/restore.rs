@@ -1,8 +1,9 @@
 //! Seeding a data directory from a backup: the first node of a new cluster.
 //!
 //! The restored node's log continues after the backup's last index and its store revision is
-//! the backup's (so revisions keep increasing), its snapshot holds exactly the backed-up keys,
-//! and its membership is just itself: started with `serve`, it elects itself and serves;
+//! the backup's (so revisions keep increasing), its snapshot holds exactly the backed-up keys
+//! and auth state (users, roles, and whether authentication is on, as etcd's restore keeps
+//! them), and its membership is just itself: started with `serve`, it elects itself and serves;
 //! others join it as usual.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +92,7 @@ pub(crate) async fn restore(
             path: backup.to_path_buf(),
             reason,
         })?;
-        let mut w = SnapshotWriter::create(&path, &meta, reader.revision())?;
+        let mut w = SnapshotWriter::create(&path, &meta, reader.revision(), reader.auth())?;
         while let Some(r) = reader.next_record()? {
             w.record(&r.key, r.revision, &r.value)?;
         }

@@ -1,12 +1,14 @@
 //! The snapshot file: a self-describing, checksummed dump of the state machine.
 //!
 //! ```text
-//! "RKVSNAP2" | u32 meta_len | meta (postcard SnapshotMeta) | u64 store revision
+//! "RKVSNAP3" | u32 meta_len | meta (postcard SnapshotMeta) | u64 store revision
+//! | u32 auth_len | auth state (`AuthState::to_bytes`)
 //! { 0x01 | u32 key_len | key | u64 revision | u32 value_len | value }*
 //! 0x00 | u64 record_count | u32 crc32 (of every byte before it)
 //! ```
-//! Version 1 files (`RKVSNAP1`) lack the store revision: revisions were log indexes then, so
-//! the last applied index stands in for it.
+//! Version 2 files (`RKVSNAP2`) lack the auth state (an empty one stands in: no users,
+//! authentication off). Version 1 files (`RKVSNAP1`) also lack the store revision: revisions
+//! were log indexes then, so the last applied index stands in for it.
 //! The same format is a snapshot on disk, a snapshot on the wire and (later) a backup file: a
 //! node can verify any of them before it trusts a byte.
 
@@ -14,10 +16,12 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::auth::AuthState;
 use crate::codec::{decode, encode};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RKVSNAP2";
+const MAGIC: &[u8; 8] = b"RKVSNAP3";
+const MAGIC_V2: &[u8; 8] = b"RKVSNAP2";
 const MAGIC_V1: &[u8; 8] = b"RKVSNAP1";
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 0;
@@ -54,8 +58,13 @@ pub(crate) struct SnapshotWriter<W: Write> {
 }
 
 impl SnapshotWriter<BufWriter<File>> {
-    pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
-        Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), meta, revision)
+    pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64, auth: &AuthState) -> io::Result<Self> {
+        Self::new(
+            BufWriter::with_capacity(1 << 20, File::create(path)?),
+            meta,
+            revision,
+            auth,
+        )
     }
 
     /// Seals and fsyncs the file; returns its size in bytes.
@@ -68,8 +77,9 @@ impl SnapshotWriter<BufWriter<File>> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    /// Starts a snapshot of a state at `meta` whose store revision is `revision`.
-    pub(crate) fn new(out: W, meta: &SnapshotMeta, revision: u64) -> io::Result<Self> {
+    /// Starts a snapshot of a state at `meta` whose store revision is `revision` and whose
+    /// auth state is `auth`.
+    pub(crate) fn new(out: W, meta: &SnapshotMeta, revision: u64, auth: &AuthState) -> io::Result<Self> {
         let mut w = SnapshotWriter {
             out,
             crc: crc32fast::Hasher::new(),
@@ -81,6 +91,9 @@ impl<W: Write> SnapshotWriter<W> {
         w.put(&(meta.len() as u32).to_le_bytes())?;
         w.put(&meta)?;
         w.put(&revision.to_le_bytes())?;
+        let auth = auth.to_bytes()?;
+        w.put(&(auth.len() as u32).to_le_bytes())?;
+        w.put(&auth)?;
         Ok(w)
     }
 
@@ -121,6 +134,7 @@ pub struct SnapshotReader<R: Read> {
     count: u64,
     meta: SnapshotMeta,
     revision: u64,
+    auth: AuthState,
     done: bool,
 }
 
@@ -145,12 +159,13 @@ impl<R: Read> SnapshotReader<R> {
             count: 0,
             meta: SnapshotMeta::default(),
             revision: 0,
+            auth: AuthState::default(),
             done: false,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)
             .map_err(|_| invalid("not a raftkv snapshot: file too short"))?;
-        if &magic != MAGIC && &magic != MAGIC_V1 {
+        if &magic != MAGIC && &magic != MAGIC_V2 && &magic != MAGIC_V1 {
             return Err(invalid("not a raftkv snapshot: bad magic bytes"));
         }
         let len = r.u32()?;
@@ -159,11 +174,19 @@ impl<R: Read> SnapshotReader<R> {
         }
         let meta = r.bytes(len)?;
         r.meta = decode(&meta)?;
-        r.revision = if &magic == MAGIC {
-            r.u64()?
-        } else {
+        r.revision = if &magic == MAGIC_V1 {
             r.meta.last_log_id.map_or(0, |l| l.index)
+        } else {
+            r.u64()?
         };
+        if &magic == MAGIC {
+            let len = r.u32()?;
+            if len > MAX_FIELD {
+                return Err(invalid("corrupt snapshot: auth state length out of range"));
+            }
+            let auth = r.bytes(len)?;
+            r.auth = AuthState::from_bytes(&auth)?;
+        }
         Ok(r)
     }
 
@@ -174,6 +197,11 @@ impl<R: Read> SnapshotReader<R> {
     /// The store revision of the state this snapshot holds.
     pub(crate) fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// The auth state (users, roles, permissions) of the state this snapshot holds.
+    pub(crate) fn auth(&self) -> &AuthState {
+        &self.auth
     }
 
     fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {

@@ -35,6 +35,9 @@ pub(crate) struct Network {
     calls: Arc<Mutex<HashMap<String, PeerCalls>>>,
     connect_timeout: Duration,
     follower_reads: FollowerReads,
+    /// Mutual TLS to peers (`--peer-cert-file`): the configuration at the time of each
+    /// connection, so a reloaded certificate reaches every new one.
+    tls: Option<raftkv_client::Tls>,
 }
 
 impl Network {
@@ -46,7 +49,20 @@ impl Network {
             calls: Arc::default(),
             connect_timeout: Duration::from_secs(2),
             follower_reads: FollowerReads::default(),
+            tls: None,
         }
+    }
+
+    /// Calls peers over mutual TLS with `tls`.
+    pub(crate) fn with_tls(mut self, tls: raftkv_client::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS this node calls its peers with, if any (for other clients of the peer port:
+    /// the join call).
+    pub(crate) fn tls(&self) -> Option<&raftkv_client::Tls> {
+        self.tls.as_ref()
     }
 
     /// Where the service that answers followers' read-index calls records them.
@@ -66,15 +82,18 @@ impl Network {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .initial_connection_window_size(4 << 20)
-            .initial_stream_window_size(2 << 20)
-            .connect_lazy();
+            .initial_stream_window_size(2 << 20);
+        let ch = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(raftkv_client::tls::TlsConnector::grpc(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -153,6 +172,7 @@ impl Network {
             Ok(Err(CallError::Lost(m))) => Err(ProposeFailure::Unknown(m)),
             Ok(Err(CallError::Failed(s))) => Err(match s.code() {
                 tonic::Code::FailedPrecondition => ProposeFailure::NotLeader(s.message().to_string()),
+                tonic::Code::ResourceExhausted => ProposeFailure::NoSpace(s.message().to_string()),
                 tonic::Code::DeadlineExceeded => ProposeFailure::Timeout,
                 _ => ProposeFailure::Unknown(format!("{}: {}", s.code(), s.message())),
             }),

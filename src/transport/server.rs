@@ -21,7 +21,7 @@ use crate::pb::raft::{
     call, reply, snapshot_chunk, Call, Failure, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
     ReadIndexResponse, Reply, SnapshotChunk,
 };
-use crate::replica::{NoReadIndex, ProposeError, Raft, Replica, Vouch};
+use crate::replica::{NoReadIndex, ProposeError, Raft, Replica, Vouch, WriteError};
 use crate::storage::SnapshotData;
 use crate::types::{NodeId, Proposal, SnapshotMeta, TypeConfig, Vote};
 
@@ -133,10 +133,14 @@ impl RaftService {
             Ok(results) => Ok(ProposeResponse {
                 results: Bytes::from(encode(&results).map_err(|e| Status::internal(e.to_string()))?),
             }),
-            Err(ProposeError::NotLeader(m) | ProposeError::NoLeader(m)) => Err(Status::failed_precondition(m)),
-            Err(ProposeError::Timeout(m)) => Err(Status::deadline_exceeded(m)),
-            Err(ProposeError::Unknown(m)) => Err(Status::aborted(m)),
-            Err(ProposeError::Stopped(m)) => Err(Status::unavailable(m)),
+            // As etcd answers a put under its NOSPACE alarm.
+            Err(WriteError::NoSpace(m)) => Err(Status::resource_exhausted(m)),
+            Err(WriteError::Propose(e)) => Err(match e {
+                ProposeError::NotLeader(m) | ProposeError::NoLeader(m) => Status::failed_precondition(m),
+                ProposeError::Timeout(m) => Status::deadline_exceeded(m),
+                ProposeError::Unknown(m) => Status::aborted(m),
+                ProposeError::Stopped(m) => Status::unavailable(m),
+            }),
         }
     }
 }

@@ -16,6 +16,11 @@
 //! every commit, is only noted in memory (waking the writer for it would cost a thread switch
 //! per commit on every node); the writer picks it up with its next batch and it rides along
 //! with the next checkpoint.
+//!
+//! A write that fails is answered with its error (openraft then stops) and reported to the
+//! NOSPACE alarm ([`Space`]), whose failure the node exits on: after an I/O error redb refuses
+//! every later write to the database until it is reopened, and a restart reopens it from its
+//! last durable commit, with the journal replayed on top.
 
 mod database;
 mod journal;
@@ -37,6 +42,7 @@ use tokio::sync::oneshot;
 use self::reader::LogReader;
 use self::tail::TailCache;
 use self::writer::Writer;
+use super::Space;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Observes each group commit; the metrics layer plugs in here.
@@ -89,10 +95,12 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log database at `path` and starts its writer thread.
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
-        Self::open_with_observer(path, Arc::new(NoObserver))
+        Self::open_with_observer(path, Arc::new(NoObserver), Space::unwatched())
     }
 
-    pub(crate) fn open_with_observer(path: &Path, observer: Arc<dyn CommitObserver>) -> io::Result<Self> {
+    /// Like [`LogStore::open`], reporting group commits to `observer` and failed writes to
+    /// `space`.
+    pub(crate) fn open_with_observer(path: &Path, observer: Arc<dyn CommitObserver>, space: Space) -> io::Result<Self> {
         let db = database::open(path)?;
         let journal_path = path.with_extension("journal");
         let (journal, generation) = database::recover_journal(&db, &journal_path)?;
@@ -104,7 +112,7 @@ impl LogStore {
             last_purged: Mutex::new(last_purged),
             committed: Mutex::new(None),
         });
-        let tx = Writer::start(shared.clone(), journal, generation, observer)?;
+        let tx = Writer::start(shared.clone(), journal, generation, observer, space)?;
         Ok(LogStore { shared, tx })
     }
 

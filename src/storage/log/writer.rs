@@ -1,6 +1,7 @@
 //! The writer thread: the one owner of every write to the log. It drains what is queued, makes
 //! it durable with one fsync (in the journal, or in redb for the rare writes), acknowledges
-//! everything, and checkpoints the journaled entries into redb now and then.
+//! everything, and checkpoints the journaled entries into redb now and then. A write that
+//! fails is reported to the NOSPACE alarm ([`Space`]) as well as answered.
 
 use std::io;
 use std::sync::mpsc;
@@ -15,6 +16,7 @@ use super::journal::Journal;
 use super::tail::entry_size;
 use super::{CommitObserver, Shared, WriteOp};
 use crate::codec::{encode, io_err};
+use crate::storage::Space;
 use crate::types::LogId;
 
 /// Unsaved entries (in the journal, not yet in redb) are checkpointed into redb once they hold
@@ -46,6 +48,7 @@ pub(super) struct Writer {
     /// The next transaction, opened while the writer waits: off the path of the next write.
     next: Option<WriteTransaction>,
     observer: Arc<dyn CommitObserver>,
+    space: Space,
 }
 
 impl Writer {
@@ -56,6 +59,7 @@ impl Writer {
         journal: Journal,
         generation: u64,
         observer: Arc<dyn CommitObserver>,
+        space: Space,
     ) -> io::Result<mpsc::Sender<WriteOp>> {
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -70,6 +74,7 @@ impl Writer {
             committed_written: None,
             next: None,
             observer,
+            space,
         };
         thread::Builder::new()
             .name("raft-log-writer".into())
@@ -144,8 +149,11 @@ impl Writer {
         } else {
             self.journal(&batch, max_seq)
         };
-        if result.is_ok() && appended > 0 {
-            self.observer.committed(appended, started.elapsed());
+        match &result {
+            Ok(()) if appended > 0 => self.observer.committed(appended, started.elapsed()),
+            Ok(()) => {}
+            // openraft stops on this answer; the alarm tells the node why, and to restart.
+            Err(e) => self.space.write_failed("writing the raft log", e),
         }
         for op in batch {
             let res = match &result {
@@ -223,14 +231,20 @@ impl Writer {
     }
 
     /// A checkpoint of what is unsaved alone: on failure the entries stay in the journal, so
-    /// nothing is lost, and the next checkpoint tries again.
+    /// nothing is lost, and the next checkpoint tries again. A failure the disk caused is one
+    /// that no retry mends (redb refuses every write after an I/O error until it is reopened):
+    /// it goes to the alarm, once, and the retries go on quietly until the node restarts.
     fn checkpoint_quietly(&mut self) {
         if self.unsaved.is_empty() && self.committed.is_none() {
             self.unsaved_since = None;
             return;
         }
         if let Err(e) = self.checkpoint(&[], None) {
-            tracing::error!(error = %e, "cannot checkpoint the raft log journal into redb; retrying");
+            if crate::storage::space::is_disk_fault(&e) {
+                self.space.write_failed("checkpointing the raft log into redb", &e);
+            } else {
+                tracing::error!(error = %e, "cannot checkpoint the raft log journal into redb; retrying");
+            }
             self.unsaved_since = Some(Instant::now());
         }
     }

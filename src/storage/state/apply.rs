@@ -1,5 +1,6 @@
 //! Applying committed entries: each command changes the active layer and takes the next store
-//! revision; the answers go back at once, before anything reaches redb.
+//! revision (an auth change changes the auth state instead: [`super::auth`]); the answers go
+//! back at once, before anything reaches redb.
 
 use std::io;
 
@@ -7,6 +8,7 @@ use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 use redb::Database;
 
+use super::auth::apply_change;
 use super::flusher::FLUSH_KEYS;
 use super::reads::lookup;
 use super::{Layers, StateMachine};
@@ -55,6 +57,7 @@ impl StateMachine {
             layers.meta.applied = Some(log_id);
         }
         let full = layers.active.len() >= FLUSH_KEYS;
+        self.inner.publish_auth(&layers.meta.auth);
         self.inner.publish(layers.meta.applied);
         drop(layers);
         if full {
@@ -98,5 +101,6 @@ fn apply_command(layers: &mut Layers, db: &Database, cmd: Command) -> io::Result
             }
             Ok(CommandResult::Deleted { existed })
         }
+        Command::Auth { change, revision } => Ok(apply_change(layers, &change, revision)),
     }
 }

@@ -4,8 +4,12 @@
 //! ```text
 //! kv    key -> u64 revision (little-endian) | value
 //! meta  "last_applied" -> postcard Option<LogId>, "last_membership" -> postcard
-//!       StoredMembership, "revision" -> u64 store revision (little-endian)
+//!       StoredMembership, "revision" -> u64 store revision (little-endian),
+//!       "auth" -> the auth state (users, roles, permissions; `AuthState::to_bytes`)
 //! ```
+//! The auth state is a row of `meta`, not a table of its own, because it must commit in the
+//! same transaction as `last_applied` (the flusher's, which writes `kv` and `meta`), and it
+//! is small: written whole with every flush, read whole at start.
 
 use std::io;
 use std::path::Path;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::Meta;
+use crate::auth::AuthState;
 use crate::codec::{decode, encode, io_err};
 use crate::types::StoredMembership;
 
@@ -24,6 +29,8 @@ const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
 /// The store's revision (u64 little-endian): the last revision a change to a key took.
 const KEY_REVISION: &str = "revision";
+/// The auth state; absent in a store written before authentication existed (empty state).
+const KEY_AUTH: &str = "auth";
 
 /// redb's page cache for the state (its default is 1 GiB a database). Reads that miss it still
 /// hit the kernel's page cache.
@@ -75,6 +82,9 @@ pub(super) fn write_meta(table: &mut redb::Table<&str, &[u8]>, meta: &Meta) -> i
     table
         .insert(KEY_REVISION, meta.revision.to_le_bytes().as_slice())
         .map_err(io_err)?;
+    table
+        .insert(KEY_AUTH, meta.auth.to_bytes()?.as_slice())
+        .map_err(io_err)?;
     Ok(())
 }
 
@@ -102,9 +112,14 @@ pub(super) fn read_meta(txn: &ReadTransaction) -> io::Result<Meta> {
         Some(v) => decode(v.value())?,
         None => StoredMembership::default(),
     };
+    let auth = match meta.get(KEY_AUTH).map_err(io_err)? {
+        Some(v) => AuthState::from_bytes(v.value())?,
+        None => AuthState::default(),
+    };
     Ok(Meta {
         applied,
         membership,
         revision: read_revision(&meta)?,
+        auth: Arc::new(auth),
     })
 }

@@ -27,6 +27,14 @@ pub(super) const FLUSH_KEYS: usize = 131072;
 /// until then: without these the file and the memory grow until the next snapshot.
 const DURABLE_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a flush that the disk refused is retried, and reported again in the log. After
+/// an I/O error redb refuses every write until the database is reopened, and reopening it here
+/// would lose the flushes since the last durable one (they were never synced, and the layers
+/// that held them are gone), so only a restart mends it: it rebuilds the state from the last
+/// durable one and the Raft log. Retrying every 100 ms would only fill the log meanwhile.
+const DISK_FAULT_RETRY: Duration = Duration::from_secs(1);
+const DISK_FAULT_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// Starts the flusher thread of the state machine `inner`.
 pub(super) fn start(inner: Weak<Inner>) -> io::Result<()> {
     std::thread::Builder::new()
@@ -40,6 +48,7 @@ pub(super) fn start(inner: Weak<Inner>) -> io::Result<()> {
 fn flusher(inner: Weak<Inner>) {
     let mut last_durable = Instant::now();
     let mut undurable = false;
+    let mut disk_fault_reported: Option<Instant> = None;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -65,6 +74,18 @@ fn flusher(inner: Weak<Inner>) {
                 undurable = false;
             }
             Ok(wrote) => undurable |= wrote,
+            Err(e) if crate::storage::space::is_disk_fault(&e) => {
+                if disk_fault_reported.is_none_or(|t| t.elapsed() >= DISK_FAULT_REPORT_EVERY) {
+                    tracing::error!(
+                        error = %e,
+                        "the disk refused a write to the state database: it cannot be written again in \
+                         this process (the applied changes stay in memory); restart the node once space \
+                         is freed, and it rebuilds its state from disk and the Raft log"
+                    );
+                    disk_fault_reported = Some(Instant::now());
+                }
+                std::thread::sleep(DISK_FAULT_RETRY);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot write applied changes to the state database; retrying");
                 std::thread::sleep(Duration::from_millis(100));
@@ -107,6 +128,9 @@ impl StateMachine {
             }
         }
         self.inner.flushed.notify_waiters();
+        if let Err(e) = &written {
+            self.inner.observer.write_failed("writing the state database", e);
+        }
         written?;
         self.inner.observer.flushed(layer.len(), started.elapsed());
         Ok(true)

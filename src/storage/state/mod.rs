@@ -1,5 +1,6 @@
-//! The replicated state: the key space, the last applied log id, the last membership and the
-//! store revision, in one redb database ([`database`]) so that they always change together.
+//! The replicated state: the key space, the last applied log id, the last membership, the
+//! store revision and the auth state (users, roles, permissions: [`crate::auth`]), in one redb
+//! database ([`database`]) so that they always change together.
 //!
 //! Applying committed entries ([`apply`]) changes an in-memory layer ([`overlay`]) and answers
 //! at once; a flusher thread ([`flusher`]) writes the layer to redb in one transaction every few
@@ -14,6 +15,7 @@
 //! than the changes in it, and the client's answer waits for the apply.
 
 mod apply;
+mod auth;
 mod database;
 mod flusher;
 mod key_value;
@@ -23,7 +25,7 @@ mod snapshots;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,7 @@ use self::database::{KvTable, KV};
 use self::overlay::Layer;
 use self::snapshots::{Snapshot, SnapshotBuilder};
 use super::snapshot::{SnapshotData, SnapshotReader};
+use crate::auth::AuthState;
 use crate::codec::io_err;
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -47,6 +50,8 @@ pub(crate) trait StateObserver: Send + Sync + 'static {
     fn flushed(&self, _keys: usize, _elapsed: Duration) {}
     fn snapshot_built(&self, _bytes: u64, _elapsed: Duration) {}
     fn snapshot_installed(&self, _bytes: u64, _elapsed: Duration) {}
+    /// Writing the state database failed: redb refuses every write after an I/O error.
+    fn write_failed(&self, _what: &str, _e: &std::io::Error) {}
 }
 
 struct NoObserver;
@@ -58,6 +63,8 @@ struct Meta {
     applied: Option<LogId>,
     membership: StoredMembership,
     revision: u64,
+    /// Shared, so that taking the metadata for a flush copies a pointer, not the users.
+    auth: Arc<AuthState>,
 }
 
 /// The applied state above redb.
@@ -90,6 +97,11 @@ struct Inner {
     wake: (Mutex<bool>, Condvar),
     /// Tells appliers waiting on a full active layer that a flush finished.
     flushed: tokio::sync::Notify,
+    /// The applied auth state, published after each apply that changed it, for the checks
+    /// that every request makes without taking the layers' lock.
+    auth: RwLock<Arc<AuthState>>,
+    /// Whether it has authentication on, published with it.
+    auth_enabled: AtomicBool,
 }
 
 impl Inner {
@@ -135,6 +147,7 @@ impl StateMachine {
         snapshots::prepare_dir(snapshot_dir)?;
         let db = database::open(db_path)?;
         let meta = database::read_meta(&db.begin_read().map_err(io_err)?)?;
+        let auth = meta.auth.clone();
         let table = database::open_kv(&db)?;
         let inner = Arc::new(Inner {
             db,
@@ -150,6 +163,8 @@ impl StateMachine {
             flush_lock: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             flushed: tokio::sync::Notify::new(),
+            auth_enabled: AtomicBool::new(auth.enabled()),
+            auth: RwLock::new(auth),
         });
         inner.publish(inner.layers().meta.applied);
         flusher::start(Arc::downgrade(&inner))?;

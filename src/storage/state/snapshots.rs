@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::RaftSnapshotBuilder;
@@ -94,6 +95,7 @@ impl StateMachine {
         let mut layers = self.inner.layers_mut();
         let mut reader = SnapshotReader::open(&data.path)?;
         let revision = reader.revision();
+        let auth = Arc::new(reader.auth().clone());
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
         {
@@ -111,6 +113,7 @@ impl StateMachine {
                     applied: meta.last_log_id,
                     membership: meta.last_membership.clone(),
                     revision,
+                    auth: auth.clone(),
                 },
             )?;
         }
@@ -121,11 +124,13 @@ impl StateMachine {
                 applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
                 revision,
+                auth: auth.clone(),
             },
             flushed: meta.last_log_id,
             table,
             ..Layers::default()
         };
+        self.inner.publish_auth(&auth);
         self.inner.publish(meta.last_log_id);
         drop(layers);
         let size = std::fs::metadata(&data.path)?.len();
@@ -146,7 +151,7 @@ fn dump<W: std::io::Write>(txn: &ReadTransaction, out: W) -> io::Result<(Snapsho
         last_log_id: state.applied,
         last_membership: state.membership,
     };
-    let mut w = SnapshotWriter::new(out, &meta, state.revision)?;
+    let mut w = SnapshotWriter::new(out, &meta, state.revision, &state.auth)?;
     let kv = txn.open_table(KV).map_err(io_err)?;
     for item in kv.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;

@@ -6,6 +6,16 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod auth;
+mod limits;
+mod quota;
+mod tls;
+
+pub use auth::AuthArgs;
+pub use limits::LimitArgs;
+pub use quota::QuotaArgs;
+pub use tls::TlsArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "raftkv",
@@ -40,6 +50,12 @@ pub enum Command {
     Admin(crate::cli::admin::AdminArgs),
     /// Read and write keys through the HTTP API (any member will do).
     Kv(crate::cli::kv::KvArgs),
+    /// Turn authentication on or off, or show whether it is on (as `etcdctl auth`).
+    Auth(crate::cli::auth::AuthArgs),
+    /// Manage users (as `etcdctl user`).
+    User(crate::cli::auth::UserArgs),
+    /// Manage roles and their permissions (as `etcdctl role`).
+    Role(crate::cli::auth::RoleArgs),
     /// Seed the data directory of a new cluster's first node from a backup file.
     Restore(crate::cli::restore::RestoreArgs),
     /// Load generator: drive the HTTP API (or etcd's, for comparison) and report figures.
@@ -62,11 +78,12 @@ pub struct ServeArgs {
     /// random one for an empty data directory.
     #[arg(long, env = "RAFTKV_ID")]
     pub id: Option<u64>,
-    /// Listen address for Raft traffic and the admin gRPC service.
-    #[arg(long, env = "RAFTKV_RAFT_ADDR", default_value = "0.0.0.0:7000")]
+    /// Listen address for Raft traffic and the admin gRPC service. Loopback unless told
+    /// otherwise (as etcd's default): opening a node to the network is a deliberate choice.
+    #[arg(long, env = "RAFTKV_RAFT_ADDR", default_value = "127.0.0.1:7000")]
     pub raft_addr: SocketAddr,
-    /// Listen address for the client HTTP API.
-    #[arg(long, env = "RAFTKV_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    /// Listen address for the client HTTP API (loopback unless told otherwise).
+    #[arg(long, env = "RAFTKV_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Raft address other nodes use to reach this one (host:port). Default: --raft-addr, with
     /// this machine's hostname if that listens on all interfaces.
@@ -79,10 +96,15 @@ pub struct ServeArgs {
     /// Start a new one-node cluster if this node has no state yet (a no-op otherwise).
     #[arg(long, env = "RAFTKV_BOOTSTRAP", conflicts_with = "join")]
     pub bootstrap: bool,
-    /// Ask a running cluster (HTTP addresses, comma-separated; any member will do) to add this
-    /// node, first as a learner, then as a voter once it has caught up.
+    /// Ask a running cluster (peer addresses: the Raft/admin host:port of any members,
+    /// comma-separated) to add this node, first as a learner, then as a voter once it has
+    /// caught up. With peer TLS on, this node's peer certificate is its credential.
     #[arg(long, env = "RAFTKV_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Credentials for --join when the cluster has authentication on: a user with the root
+    /// role, as NAME:PASSWORD (better given by the environment variable than on the command line).
+    #[arg(long, env = "RAFTKV_JOIN_USER", requires = "join", hide_env_values = true)]
+    pub join_user: Option<String>,
     /// Join as a learner only (never promoted).
     #[arg(long, env = "RAFTKV_JOIN_AS_LEARNER", requires = "join")]
     pub join_as_learner: bool,
@@ -108,6 +130,14 @@ pub struct ServeArgs {
     /// How long SIGTERM may spend handing leadership to another voter (ms).
     #[arg(long, env = "RAFTKV_SHUTDOWN_HANDOFF_MS", default_value_t = 5000)]
     pub shutdown_handoff_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
     /// Threads that run the node's tasks (0: one per CPU the process may use). Nodes that
     /// share few cores (several per machine) do best with one each.
     #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = 0)]
@@ -128,4 +158,8 @@ pub struct DevArgs {
     /// HTTP port of node 1; node i uses this + i - 1.
     #[arg(long, env = "RAFTKV_DEV_HTTP_PORT", default_value_t = 8001)]
     pub http_port: u16,
+    /// TLS everywhere: makes a CA and certificates under the data directory (kept for the
+    /// next run) and starts the nodes with HTTPS and mutual TLS between peers.
+    #[arg(long, env = "RAFTKV_DEV_TLS")]
+    pub tls: bool,
 }
